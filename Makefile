@@ -1,0 +1,39 @@
+# Quick start:  make bench   (benchmarks on this machine's devices)
+#               make test    (the test suite)
+# Both set up their environment (scripts/env.sh) and build the extension first.
+SHELL := /bin/bash
+PY := $(shell scripts/env.sh)
+# torch guesses CUDA_HOME from `which nvcc`, wrongly when that is a wrapper script.
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export MAX_JOBS ?= $(shell nproc)
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h) setup.py pyproject.toml
+STAMP := build/.installed
+
+.PHONY: install test test-fast bench bench-cpu eval gpu-check clean
+
+install: $(STAMP)
+
+# Rebuilt when a source changes; editable, so Python edits need no rebuild.
+$(STAMP): $(SOURCES)
+	@mkdir -p build
+	$(PY) -m pip install --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -n 3
+	@$(PY) -c "import int8kern, torch; print('int8kern built; CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('int8kern::int8_matmul', 'CUDA'))"
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/bench_ops.py
+
+eval: install
+	$(PY) -m pip install -q -r requirements-eval.txt
+	$(PY) -m int8kern.eval --model smollm2
+	$(PY) -m int8kern.eval --model minilm
+
+# On a GPU machine: build with its own torch, run every test on CUDA, sanitize the kernels.
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build *.egg-info int8kern/*.so

@@ -1,0 +1,45 @@
+// dequantize_matmul on the CPU: one pass over the int32 accumulator, parallel over rows.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "epilogue.h"
+
+namespace int8kern {
+namespace cpu {
+
+at::Tensor dequantize_matmul_cpu(const at::Tensor& acc, const at::Tensor& row_absmax,
+                                 const at::Tensor& col_absmax, const c10::optional<at::Tensor>& bias,
+                                 const c10::optional<at::Tensor>& add, at::ScalarType out_dtype) {
+  const char* op = "dequantize_matmul";
+  check_tensor(op, "acc", acc, at::kInt, 2, "[M, N]");
+  const int64_t M = acc.size(0), N = acc.size(1);
+  check_epilogue_args(op, acc, M, N, row_absmax, col_absmax, bias, add, out_dtype);
+
+  auto out = at::empty({M, N}, acc.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return out;
+  auto acc_c = acc.contiguous();
+  auto row_c = row_absmax.contiguous();
+  auto bias_f = bias_as_float(bias);
+  auto add_e = add_for_epilogue(add, out_dtype);
+  const auto col_scale = column_scales(col_absmax.contiguous());
+  EpilogueArgs e{row_c.data_ptr<float>(), col_scale.data(),
+                 bias_f ? bias_f->data_ptr<float>() : nullptr,
+                 add_e ? add_e->data_ptr() : nullptr, N};
+  const int32_t* a = acc_c.data_ptr<int32_t>();
+  dispatch_epilogue_types(out_dtype, add_e && add_e->scalar_type() == at::kFloat,
+                          [&]<typename OutT, typename AddT>() {
+                            OutT* o = static_cast<OutT*>(out.data_ptr());
+                            const int64_t grain = std::max<int64_t>(1, 16384 / N);
+                            at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+                              for (int64_t i = r0; i < r1; ++i)
+                                dequantize_row<OutT, AddT>(e, i, a + i * N, 0, N, o + i * N);
+                            });
+                          });
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(int8kern, CPU, m) { m.impl("dequantize_matmul", &dequantize_matmul_cpu); }
+
+}  // namespace cpu
+}  // namespace int8kern

@@ -1,0 +1,129 @@
+// quantize_rowwise on the CPU: row-wise absmax quantization fused with outlier-column
+// detection. Parallel over rows; each row is read from memory once: converted to float32
+// into a row buffer that stays in L1/L2, then reduced (absmax, outliers) and quantized from
+// that buffer. Outlier columns are marked in a per-thread byte mask, merged, compacted into
+// an ascending int64 list, and finally zeroed in q (a pass over n_out columns only).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+
+namespace int8kern {
+namespace cpu {
+namespace {
+
+// The plain loops below are written so that the compiler vectorizes them; target_clones
+// builds an AVX2 copy next to the baseline one and picks at load time.
+#define INT8KERN_CLONES __attribute__((target_clones("avx2", "default")))
+
+// Row absmax over elements with |v| < threshold (all elements when threshold <= 0); marks
+// columns with |v| >= threshold in mask. NaN is never an outlier and makes the absmax NaN,
+// so that a NaN in x reaches the output instead of vanishing in int8.
+INT8KERN_CLONES
+float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
+  float amax = 0.0f;
+  int nan_seen = 0;
+  if (threshold > 0.0f) {
+    for (int64_t j = 0; j < K; ++j) {
+      const float a = std::fabs(v[j]);
+      const bool outlier = a >= threshold;
+      mask[j] |= static_cast<uint8_t>(outlier);
+      const float kept = outlier ? 0.0f : a;
+      amax = kept > amax ? kept : amax;
+      nan_seen |= (a != a);
+    }
+  } else {
+    for (int64_t j = 0; j < K; ++j) {
+      const float a = std::fabs(v[j]);
+      amax = a > amax ? a : amax;
+      nan_seen |= (a != a);
+    }
+  }
+  return nan_seen ? std::nanf("") : amax;
+}
+
+// q = round_half_even(v * scale) saturated to [-127, 127]; NaN (from a NaN in x, or Inf * 0
+// in a row whose absmax is Inf) becomes 0 here and is carried by row_absmax instead.
+INT8KERN_CLONES
+void quantize_row(const float* v, int64_t K, float scale, int8_t* q) {
+  for (int64_t j = 0; j < K; ++j) {
+    float r = std::nearbyint(v[j] * scale);
+    r = r > 127.0f ? 127.0f : r;
+    r = r < -127.0f ? -127.0f : r;
+    q[j] = static_cast<int8_t>(r == r ? r : 0.0f);
+  }
+}
+
+template <typename T>
+INT8KERN_CLONES void to_float(const T* x, int64_t K, float* v) {
+  for (int64_t j = 0; j < K; ++j) v[j] = static_cast<float>(x[j]);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Tensor& x,
+                                                                    double threshold_d) {
+  const char* op = "quantize_rowwise";
+  check_float_tensor(op, "x", x, 2, "[M, K]");
+  check_threshold(op, threshold_d);
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
+              describe(x));
+  const float threshold = static_cast<float>(threshold_d);
+  const bool find_outliers = threshold > 0.0f;
+
+  auto xc = x.contiguous();
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
+  int8_t* qp = q.data_ptr<int8_t>();
+  float* ap = row_absmax.data_ptr<float>();
+
+  const int n_threads = at::get_num_threads();
+  std::vector<uint8_t> masks(find_outliers ? static_cast<size_t>(n_threads) * K : 0, 0);
+  const int64_t grain = std::max<int64_t>(1, 32768 / K);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rowwise", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+      std::vector<float> row(K);
+      uint8_t* mask = find_outliers ? masks.data() + at::get_thread_num() * K : nullptr;
+      for (int64_t i = r0; i < r1; ++i) {
+        const float* v = reinterpret_cast<const float*>(xp + i * K);
+        if constexpr (!std::is_same_v<scalar_t, float>) {
+          to_float<scalar_t>(xp + i * K, K, row.data());
+          v = row.data();
+        }
+        const float amax = row_absmax_and_outliers(v, K, threshold, mask);
+        ap[i] = amax;
+        quantize_row(v, K, amax > 0.0f ? 127.0f / amax : 0.0f, qp + i * K);
+      }
+    });
+  });
+
+  std::vector<int64_t> cols;
+  if (find_outliers) {
+    for (int64_t j = 0; j < K; ++j) {
+      uint8_t any = 0;
+      for (int t = 0; t < n_threads; ++t) any |= masks[static_cast<size_t>(t) * K + j];
+      if (any) cols.push_back(j);
+    }
+  }
+  auto outlier_cols = at::empty({static_cast<int64_t>(cols.size())}, x.options().dtype(at::kLong));
+  if (!cols.empty()) {
+    std::copy(cols.begin(), cols.end(), outlier_cols.data_ptr<int64_t>());
+    at::parallel_for(0, M, std::max<int64_t>(1, 4096 / static_cast<int64_t>(cols.size())),
+                     [&](int64_t r0, int64_t r1) {
+                       for (int64_t i = r0; i < r1; ++i)
+                         for (int64_t c : cols) qp[i * K + c] = 0;
+                     });
+  }
+  return {q, row_absmax, outlier_cols};
+}
+
+TORCH_LIBRARY_IMPL(int8kern, CPU, m) { m.impl("quantize_rowwise", &quantize_rowwise_cpu); }
+
+}  // namespace cpu
+}  // namespace int8kern

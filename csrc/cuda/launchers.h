@@ -1,0 +1,68 @@
+// The boundary between the C++ host code (csrc/cuda/ops_cuda.cpp, compiled by the host
+// compiler with ATen) and the CUDA kernels (csrc/cuda/*.cu, compiled by nvcc with no torch
+// headers at all, so that each .cu file compiles in seconds, not minutes).
+//
+// Host code validates arguments, allocates outputs, picks the current stream under a device
+// guard, calls one of these launchers and checks the launch. Launchers only launch: they
+// never allocate, never synchronise, and assume their arguments were validated.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime_api.h>
+
+namespace int8kern {
+namespace cuda {
+
+// Floating dtypes the kernels read and write. Values are fixed: host code maps at::ScalarType.
+enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+
+// Row-wise absmax quantization with outlier-column detection, one pass over x.
+//   x: [M, K] row-major with row stride ldx (elements), dtype x_dtype.
+//   q: int8 [M, K] contiguous. row_absmax: float32 [M].
+//   threshold > 0: elements with |x| >= threshold are excluded from the row absmax and
+//   their column is marked in outlier_mask (uint8 [K], zeroed by the caller; the kernel
+//   only ever stores 1). threshold <= 0: outlier_mask may be null and is not touched.
+//   NaN is never an outlier and propagates into row_absmax; q is 0 where x*scale is NaN.
+//   q is NOT yet zeroed in outlier columns: launch_zero_columns does that once the mask
+//   has been compacted into a column list.
+void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
+                             float threshold, int8_t* q, float* row_absmax,
+                             uint8_t* outlier_mask, cudaStream_t stream);
+
+// q[:, cols[c]] = 0 for c in [0, n_cols). q: int8 [M, K] contiguous.
+void launch_zero_columns(int8_t* q, int64_t M, int64_t K, const int64_t* cols, int64_t n_cols,
+                         cudaStream_t stream);
+
+// C = A @ B.T on int8 tensor cores (mma.sync.m16n8k32.s32.s8.s8.s32, sm_80+), exact int32
+// accumulation, with either an int32 output or the fused dequantize epilogue:
+//   out[i, j] = (float(acc[i, j]) * (row_absmax[i] / 127) * (col_absmax[j] / 127)
+//                + bias[j] + add[i, j])            computed in float32, rounded once.
+struct Int8GemmParams {
+  const int8_t* a = nullptr;  // [M, K], row stride lda (elements), K-major
+  const int8_t* b = nullptr;  // [N, K], row stride ldb (elements), K-major (nn.Linear weight)
+  int64_t M = 0, N = 0, K = 0;
+  int64_t lda = 0, ldb = 0;
+
+  void* out = nullptr;  // [M, N], row stride ldo (elements)
+  int64_t ldo = 0;
+  bool out_int32 = true;                 // true: out is int32 acc, epilogue fields ignored
+  DType out_dtype = DType::Float32;      // when !out_int32
+
+  const float* row_absmax = nullptr;  // [M]
+  const float* col_absmax = nullptr;  // [N]
+  const float* bias = nullptr;        // [N] float32, or null
+  const void* add = nullptr;          // [M, N] with row stride ld_add, or null
+  DType add_dtype = DType::Float32;   // add is either out_dtype or Float32
+  int64_t ld_add = 0;
+};
+void launch_int8_gemm(const Int8GemmParams& params, cudaStream_t stream);
+
+// Standalone dequantize of an int32 accumulator, same formula as the GEMM epilogue.
+//   acc: int32 [M, N] contiguous; out: [M, N] contiguous in out_dtype;
+//   bias float32 [N] or null; add [M, N] contiguous in add_dtype (out_dtype or Float32) or null.
+void launch_dequantize(const int32_t* acc, int64_t M, int64_t N, const float* row_absmax,
+                       const float* col_absmax, const float* bias, const void* add,
+                       DType add_dtype, void* out, DType out_dtype, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace int8kern

@@ -1,0 +1,166 @@
+// CUDA backend, host side: argument checks, output allocation, device guard and current
+// stream, then one launcher call per kernel (csrc/cuda/*.cu) and a launch check. Compiled by
+// the host compiler; the .cu files see no torch header.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../int8_linear.h"
+#include "launchers.h"
+
+namespace int8kern {
+namespace cuda {
+namespace {
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::Float32;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default: TORCH_CHECK(false, "int8kern: no CUDA kernel for dtype ", t);
+  }
+}
+
+// mma.sync.m16n8k32 on int8 needs sm_80; say so instead of failing with "no kernel image".
+void check_tensor_cores(const char* op, const at::Tensor& t) {
+  const auto* prop = at::cuda::getDeviceProperties(t.device().index());
+  TORCH_CHECK(prop->major >= 8, "int8kern.", op,
+              ": the CUDA int8 GEMM needs compute capability 8.0 or newer (A100, H100, ...), "
+              "got ", prop->major, ".", prop->minor, " on ", t.device());
+}
+
+void fill_epilogue(Int8GemmParams& p, const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                   const c10::optional<at::Tensor>& bias_f, const c10::optional<at::Tensor>& add_e,
+                   at::ScalarType out_dtype) {
+  p.out_int32 = false;
+  p.out_dtype = to_dtype(out_dtype);
+  p.row_absmax = row_absmax.data_ptr<float>();
+  p.col_absmax = col_absmax.data_ptr<float>();
+  p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  p.add = add_e ? add_e->data_ptr() : nullptr;
+  p.add_dtype = add_e ? to_dtype(add_e->scalar_type()) : p.out_dtype;
+  p.ld_add = add_e ? add_e->stride(0) : 0;
+}
+
+Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
+  Int8GemmParams p;
+  p.a = a.data_ptr<int8_t>();
+  p.b = b.data_ptr<int8_t>();
+  p.M = a.size(0);
+  p.N = b.size(0);
+  p.K = a.size(1);
+  p.lda = a.stride(0);
+  p.ldb = b.stride(0);
+  p.out = out.data_ptr();
+  p.ldo = out.stride(0);
+  return p;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::Tensor& x,
+                                                                     double threshold) {
+  const char* op = "quantize_rowwise";
+  check_float_tensor(op, "x", x, 2, "[M, K]");
+  check_threshold(op, threshold);
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
+              describe(x));
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  auto xc = x.contiguous();
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
+  const bool find_outliers = threshold > 0.0;
+  auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
+  if (M > 0) {
+    launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, xc.stride(0),
+                            static_cast<float>(threshold), q.data_ptr<int8_t>(),
+                            row_absmax.data_ptr<float>(),
+                            find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (!find_outliers) return {q, row_absmax, at::empty({0}, x.options().dtype(at::kLong))};
+  // nonzero() reads the count on the host: the one sync of this first version.
+  auto cols = mask.nonzero().squeeze(1);
+  if (cols.numel() > 0 && M > 0) {
+    launch_zero_columns(q.data_ptr<int8_t>(), M, K, cols.data_ptr<int64_t>(), cols.numel(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {q, row_absmax, cols};
+}
+
+at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
+  const char* op = "int8_matmul";
+  check_int8_operands(op, a_in, b_in);
+  const c10::cuda::CUDAGuard guard(a_in.device());
+  const int64_t M = a_in.size(0), N = b_in.size(0);
+  auto out = at::empty({M, N}, a_in.options().dtype(at::kInt));
+  if (M == 0 || N == 0) return out;
+  check_tensor_cores(op, a_in);
+  auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto p = gemm_params(a, b, out);
+  p.out_int32 = true;
+  launch_int8_gemm(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in,
+                                   const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                                   const c10::optional<at::Tensor>& bias,
+                                   const c10::optional<at::Tensor>& add, at::ScalarType out_dtype) {
+  const char* op = "int8_scaled_matmul";
+  check_int8_operands(op, a_in, b_in);
+  const int64_t M = a_in.size(0), N = b_in.size(0);
+  check_epilogue_args(op, a_in, M, N, row_absmax, col_absmax, bias, add, out_dtype);
+  const c10::cuda::CUDAGuard guard(a_in.device());
+  auto out = at::empty({M, N}, a_in.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return out;
+  check_tensor_cores(op, a_in);
+  auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto row_c = row_absmax.contiguous(), col_c = col_absmax.contiguous();
+  auto bias_f = bias_as_float(bias);
+  auto add_e = add_for_epilogue(add, out_dtype);
+  auto p = gemm_params(a, b, out);
+  fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
+  launch_int8_gemm(p, at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& row_absmax,
+                                  const at::Tensor& col_absmax, const c10::optional<at::Tensor>& bias,
+                                  const c10::optional<at::Tensor>& add, at::ScalarType out_dtype) {
+  const char* op = "dequantize_matmul";
+  check_tensor(op, "acc", acc_in, at::kInt, 2, "[M, N]");
+  const int64_t M = acc_in.size(0), N = acc_in.size(1);
+  check_epilogue_args(op, acc_in, M, N, row_absmax, col_absmax, bias, add, out_dtype);
+  const c10::cuda::CUDAGuard guard(acc_in.device());
+  auto out = at::empty({M, N}, acc_in.options().dtype(out_dtype));
+  if (M == 0 || N == 0) return out;
+  auto acc = acc_in.contiguous();
+  auto row_c = row_absmax.contiguous(), col_c = col_absmax.contiguous();
+  auto bias_f = bias_as_float(bias);
+  auto add_e = add_for_epilogue(add, out_dtype);
+  launch_dequantize(acc.data_ptr<int32_t>(), M, N, row_c.data_ptr<float>(), col_c.data_ptr<float>(),
+                    bias_f ? bias_f->data_ptr<float>() : nullptr, add_e ? add_e->data_ptr() : nullptr,
+                    add_e ? to_dtype(add_e->scalar_type()) : to_dtype(out_dtype), out.data_ptr(),
+                    to_dtype(out_dtype), at::cuda::getCurrentCUDAStream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(int8kern, CUDA, m) {
+  m.impl("quantize_rowwise", &quantize_rowwise_cuda);
+  m.impl("int8_matmul", &int8_matmul_cuda);
+  m.impl("int8_scaled_matmul", &int8_scaled_matmul_cuda);
+  m.impl("dequantize_matmul", &dequantize_matmul_cuda);
+  m.impl("int8_linear", &int8_linear_composite);
+}
+
+}  // namespace cuda
+}  // namespace int8kern

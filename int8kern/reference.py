@@ -1,0 +1,116 @@
+"""Pure-PyTorch versions of every int8kern op: the specification the kernels are held to.
+
+Same names and signatures as `int8kern.ops`. Depends on torch alone. Floating-point work is
+done in float32 in the same order as the kernels, so float32 results can match bit for bit;
+int32 results are exact (computed in float64, which holds every such sum exactly, and
+converted).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = [
+    "quantize_rowwise",
+    "int8_matmul",
+    "dequantize_matmul",
+    "int8_scaled_matmul",
+    "int8_linear",
+    "quantize_weight",
+]
+
+
+def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise absmax int8 quantization with outlier columns (bitsandbytes' semantics).
+
+    threshold <= 0: row_absmax[i] = max_j |x[i, j]|, no outlier columns.
+    threshold > 0: column j is an outlier column iff some |x[i, j]| >= threshold;
+    row_absmax[i] is the max of |x[i, j]| over elements with |x[i, j]| < threshold, and
+    q[:, outlier_cols] = 0.
+    q = round_half_even(x * (127 / row_absmax)) clamped to [-127, 127]; 0 in a row whose absmax
+    is 0. A NaN is never an outlier: it makes its row's absmax NaN (so the row dequantizes to
+    NaN) and its q entries 0.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize_rowwise: x must be 2-D [M, K], got {tuple(x.shape)}")
+    xf = x.float()
+    a = xf.abs()
+    if threshold > 0:
+        outlier = a >= threshold
+        outlier_cols = outlier.any(dim=0).nonzero().flatten()
+        kept = a.masked_fill(outlier, 0.0)
+    else:
+        outlier_cols = torch.empty(0, dtype=torch.long, device=x.device)
+        kept = a
+    # amax propagates NaN (NaN is not an outlier, so it is in `kept`); max over an empty row is 0.
+    row_absmax = kept.amax(dim=1) if x.shape[1] > 0 else torch.zeros(x.shape[0], device=x.device)
+    # A true division, as the kernels do (`127.0 / tensor` would multiply by a reciprocal and
+    # round differently in the last bit).
+    scale = torch.full_like(row_absmax, 127.0) / row_absmax
+    scale = torch.where(row_absmax > 0, scale, torch.zeros_like(row_absmax))
+    q = torch.round(xf * scale[:, None]).clamp(-127, 127).nan_to_num(nan=0.0).to(torch.int8)
+    if outlier_cols.numel() > 0:
+        q[:, outlier_cols] = 0
+    return q, row_absmax.float(), outlier_cols
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T for int8 a [M, K] and int8 b [N, K], exactly, as int32 [M, N]."""
+    return (a.double() @ b.double().T).to(torch.int32)
+
+
+def dequantize_matmul(
+    acc: torch.Tensor,
+    row_absmax: torch.Tensor,
+    col_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    add: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """acc * (row_absmax[:, None] / 127) * (col_absmax / 127) + bias + add in float32, rounded once."""
+    out = acc.float() * (row_absmax.float()[:, None] / 127.0) * (col_absmax.float()[None, :] / 127.0)
+    if bias is not None:
+        out = out + bias.float()[None, :]
+    if add is not None:
+        out = out + add.float()
+    return out.to(out_dtype)
+
+
+def int8_scaled_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_absmax: torch.Tensor,
+    col_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    add: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """dequantize_matmul(int8_matmul(a, b), ...)."""
+    return dequantize_matmul(int8_matmul(a, b), row_absmax, col_absmax, bias, add, out_dtype)
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    threshold: float = 6.0,
+) -> torch.Tensor:
+    """The LLM.int8() forward: y = x @ dequant(weight).T + bias, with outlier columns of x
+    (|x| >= threshold anywhere in the column) multiplied in x's dtype."""
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    q, row_absmax, cols = quantize_rowwise(x2, threshold)
+    add = None
+    if cols.numel() > 0:
+        w_outliers = (weight[:, cols].float() * (weight_absmax[:, None] / 127.0)).to(x.dtype)
+        add = x2[:, cols] @ w_outliers.T
+    y = int8_scaled_matmul(q, weight, row_absmax, weight_absmax, bias, add, x.dtype)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def quantize_weight(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-row absmax quantization of a float weight [N, K]: (int8 [N, K], float32 [N])."""
+    q, absmax, _ = quantize_rowwise(weight.detach(), 0.0)
+    return q, absmax

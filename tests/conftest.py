@@ -1,0 +1,58 @@
+import os
+
+import pytest
+import torch
+
+# CPU always; CUDA when a GPU is visible. (Evaluated when pytest collects, never on import
+# of int8kern itself.)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+# Property-based tests: a bounded CI profile and a larger one for `make gpu-check`.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=500, deadline=None, derandomize=True,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("gpu", max_examples=1500, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is in requirements.txt; tests that need it import it
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, dtype, device, seed, scale=1.0):
+    """Fresh random data (never zeros), made on the CPU so every device sees the same values."""
+    return (torch.randn(shape, generator=gen(seed)) * scale).to(dtype=dtype, device=device)
+
+
+def randint8(shape, device, seed, low=-128, high=128):
+    return torch.randint(low, high, shape, generator=gen(seed), dtype=torch.int8).to(device)
+
+
+def assert_close_to_f64(out, ref_same_dtype, ref_f64, factor=2.0, atol=1e-6):
+    """flash-attention's rule: the kernel's error against a float64 computation is at most
+    `factor` times the error of plain PyTorch in the same dtype (plus a tiny atol for the
+    cases where plain PyTorch happens to be exact)."""
+    assert out.shape == ref_f64.shape and out.dtype == ref_same_dtype.dtype
+    err = (out.double() - ref_f64).abs()
+    ref_err = (ref_same_dtype.double() - ref_f64).abs()
+    nan_ok = torch.isnan(out.double()) == torch.isnan(ref_f64)
+    assert bool(nan_ok.all()), "NaN pattern differs from the float64 computation"
+    finite = torch.isfinite(ref_f64)
+    e = err[finite].max().item() if finite.any() else 0.0
+    r = ref_err[finite].max().item() if finite.any() else 0.0
+    assert e <= factor * r + atol, f"kernel error {e:.3g} > {factor} x plain-PyTorch error {r:.3g} + {atol}"
