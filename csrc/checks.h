@@ -15,21 +15,26 @@ namespace int8kern {
 // (every product at most 2^14 in magnitude, -128 * -128 included).
 constexpr int64_t kMaxK = 131071;
 
-inline std::string describe(const at::Tensor& t) {
-  std::ostringstream s;
-  s << c10::toString(t.scalar_type()) << " " << t.sizes() << " on " << t.device();
-  return s.str();
-}
-
 inline std::string dtype_name(at::ScalarType t) {
   switch (t) {
     case at::kHalf: return "float16";
     case at::kBFloat16: return "bfloat16";
     case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
     case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kShort: return "int16";
     case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kBool: return "bool";
     default: return c10::toString(t);
   }
+}
+
+inline std::string describe(const at::Tensor& t) {
+  std::ostringstream s;
+  s << dtype_name(t.scalar_type()) << " " << t.sizes() << " on " << t.device();
+  return s.str();
 }
 
 inline bool is_float_dtype(at::ScalarType t) {

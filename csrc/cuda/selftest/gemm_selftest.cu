@@ -1,0 +1,366 @@
+// Standalone self-test of the int8kern CUDA kernels (no torch). Needs an sm_80+ GPU.
+// Build and run from the repository root (one command line):
+//   nvcc -std=c++17 -O2 -Icsrc -Xcompiler -ffp-contract=off
+//     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+//     csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/quantize.cu
+//     csrc/cuda/dequantize.cu -o /tmp/selftest && /tmp/selftest
+// Exit status 0 when every check passes. All comparisons are exact (bitwise for floats, NaN
+// matching NaN): the kernels promise the same float32 operations as the CPU references here
+// (-ffp-contract=off keeps the host compiler from fusing them into FMAs).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../common.cuh"
+
+using namespace int8kern::cuda;
+
+#define CK(x)                                                                        \
+  do {                                                                               \
+    cudaError_t e_ = (x);                                                            \
+    if (e_ != cudaSuccess) {                                                         \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                  \
+    }                                                                                \
+  } while (0)
+
+static int g_failures = 0;
+static std::mt19937 g_rng(1234);
+
+static void report(bool ok, const char* what) {
+  std::printf("%s  %s\n", ok ? "PASS" : "FAIL", what);
+  if (!ok) ++g_failures;
+}
+
+template <typename T>
+struct DevBuf {  // raw device allocation of n elements of T
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t n_) : n(n_) { CK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T))); }
+  ~DevBuf() { cudaFree(p); }
+  void up(const std::vector<T>& h) { CK(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> down() const {
+    std::vector<T> h(n);
+    CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+static bool same_float(float a, float b) {
+  if (std::isnan(a) && std::isnan(b)) return true;
+  uint32_t x, y;
+  std::memcpy(&x, &a, 4);
+  std::memcpy(&y, &b, 4);
+  return x == y;
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM, int32 output, against a naive GPU kernel.
+// ---------------------------------------------------------------------------------------
+__global__ void ref_gemm_kernel(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K,
+                                int64_t lda, int64_t ldb, int32_t* c, int64_t ldc) {
+  const int64_t total = M * N;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t i = idx / N, j = idx % N;
+    int64_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += (int64_t)a[i * lda + k] * (int64_t)b[j * ldb + k];
+    c[i * ldc + j] = (int32_t)s;
+  }
+}
+
+// a_off / b_off: byte offsets of the matrices inside their buffers (1 forces the byte path).
+static void test_gemm_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                            int64_t ldo, int a_off, int b_off, int fill /*0 random, 1 -128*/) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "gemm int32 M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldo=%lld off=%d/%d%s",
+                (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb,
+                (long long)ldo, a_off, b_off, fill ? " all=-128" : "");
+  const size_t a_bytes = (size_t)((M - 1) * lda + K) + a_off, b_bytes = (size_t)((N - 1) * ldb + K) + b_off;
+  std::vector<int8_t> ha(a_bytes), hb(b_bytes);
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (auto& v : ha) v = fill ? (int8_t)-128 : (int8_t)d(g_rng);
+  for (auto& v : hb) v = fill ? (int8_t)-128 : (int8_t)d(g_rng);
+  DevBuf<int8_t> da(a_bytes), db(b_bytes);
+  da.up(ha);
+  db.up(hb);
+  const size_t c_elems = (size_t)((M - 1) * ldo + N);
+  DevBuf<int32_t> dc(c_elems + 64), dr(c_elems + 64);
+  CK(cudaMemset(dc.p, 0x5a, (c_elems + 64) * 4));  // sentinel: 0x5a5a5a5a
+  CK(cudaMemset(dr.p, 0x5a, (c_elems + 64) * 4));
+
+  Int8GemmParams p;
+  p.a = da.p + a_off;
+  p.b = db.p + b_off;
+  p.M = M; p.N = N; p.K = K; p.lda = lda; p.ldb = ldb;
+  p.out = dc.p; p.ldo = ldo; p.out_int32 = true;
+  launch_int8_gemm(p, 0);
+  CK(cudaGetLastError());
+  ref_gemm_kernel<<<1024, 256>>>(p.a, p.b, M, N, K, lda, ldb, dr.p, ldo);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto hc = dc.down(), hr = dr.down();
+  int64_t bad = 0;
+  for (size_t x = 0; x < hc.size(); ++x) {
+    if (hc[x] != hr[x]) {  // includes the sentinel gaps between rows and after the end
+      if (bad < 5) std::printf("   mismatch at flat %zu (row %lld col %lld): got %d want %d\n", x,
+                               (long long)(x / ldo), (long long)(x % ldo), hc[x], hr[x]);
+      ++bad;
+    }
+  }
+  report(bad == 0, what);
+}
+
+// ---------------------------------------------------------------------------------------
+// Dequantize numerics (GEMM epilogue and launch_dequantize) against the CPU.
+// ---------------------------------------------------------------------------------------
+static float round_to(DType d, float v) {
+  if (d == DType::Float16) return __half2float(__float2half_rn(v));
+  if (d == DType::BFloat16) return __bfloat162float(__float2bfloat16_rn(v));
+  return v;
+}
+static std::vector<uint8_t> encode(DType d, const std::vector<float>& v) {  // float -> dtype bytes
+  const int s = dtype_size(d);
+  std::vector<uint8_t> out(v.size() * s);
+  for (size_t x = 0; x < v.size(); ++x) {
+    if (d == DType::Float32) std::memcpy(&out[x * 4], &v[x], 4);
+    else if (d == DType::Float16) { __half h = __float2half_rn(v[x]); std::memcpy(&out[x * 2], &h, 2); }
+    else { __nv_bfloat16 h = __float2bfloat16_rn(v[x]); std::memcpy(&out[x * 2], &h, 2); }
+  }
+  return out;
+}
+static float decode(DType d, const uint8_t* p) {
+  if (d == DType::Float32) { float f; std::memcpy(&f, p, 4); return f; }
+  if (d == DType::Float16) { __half h; std::memcpy(&h, p, 2); return __half2float(h); }
+  __nv_bfloat16 h; std::memcpy(&h, p, 2); return __bfloat162float(h);
+}
+static const char* dname(DType d) { return d == DType::Float32 ? "f32" : d == DType::Float16 ? "f16" : "bf16"; }
+
+// CPU: ((float(acc) * (ra / 127)) * (ca / 127) + bias) + add, then rounded to `out`.
+static float ref_dequant(int32_t acc, float ra, float ca, const float* bias, const float* add) {
+  const float rs = ra / 127.0f, cs = ca / 127.0f;
+  float v = (float)acc * rs;
+  v = v * cs;
+  if (bias) v = v + *bias;
+  if (add) v = v + *add;
+  return v;
+}
+
+// Runs the GEMM with the fused epilogue and launch_dequantize on the GEMM's int32 result; both
+// are compared with the CPU formula applied to that (already verified) int32 result.
+static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_bias, int add_mode /*0 none, 1 f32, 2 out dtype*/) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "dequant M=%lld N=%lld K=%lld out=%s bias=%d add=%s", (long long)M,
+                (long long)N, (long long)K, dname(out_d), (int)use_bias,
+                add_mode == 0 ? "none" : add_mode == 1 ? "f32" : dname(out_d));
+  const int64_t ld = K + 5, ldo = N + 3, ld_add = N + 7;  // odd strides: unaligned GEMM path too
+  std::uniform_int_distribution<int> d8(-127, 127);
+  std::uniform_real_distribution<float> du(0.01f, 20.0f), dn(-3.0f, 3.0f);
+  std::vector<int8_t> ha(M * ld), hb(N * ld);
+  for (auto& v : ha) v = (int8_t)d8(g_rng);
+  for (auto& v : hb) v = (int8_t)d8(g_rng);
+  std::vector<float> ra(M), ca(N), bias(N), addv(M * ld_add);
+  for (auto& v : ra) v = du(g_rng);
+  for (auto& v : ca) v = du(g_rng);
+  ra[0] = 0.0f;  // a zero row scale
+  for (auto& v : bias) v = dn(g_rng);
+  const DType add_d = add_mode == 2 ? out_d : DType::Float32;
+  for (auto& v : addv) v = round_to(add_d, dn(g_rng));
+  DevBuf<int8_t> da(ha.size()), db(hb.size());
+  da.up(ha);
+  db.up(hb);
+  DevBuf<float> dra(M), dca(N), dbias(N);
+  dra.up(ra);
+  dca.up(ca);
+  dbias.up(bias);
+  const auto add_bytes = encode(add_d, addv);
+  DevBuf<uint8_t> dadd(add_bytes.size());
+  dadd.up(add_bytes);
+  const int os = dtype_size(out_d);
+  DevBuf<int32_t> dacc(M * N);
+  DevBuf<uint8_t> dout(M * ldo * os), dout2(M * N * os);
+  CK(cudaMemset(dout.p, 0x77, M * ldo * os));
+
+  Int8GemmParams p;
+  p.a = da.p; p.b = db.p; p.M = M; p.N = N; p.K = K; p.lda = ld; p.ldb = ld;
+  p.out = dacc.p; p.ldo = N; p.out_int32 = true;
+  launch_int8_gemm(p, 0);  // int32 acc, verified by the int32 tests
+  p.out = dout.p; p.ldo = ldo; p.out_int32 = false; p.out_dtype = out_d;
+  p.row_absmax = dra.p; p.col_absmax = dca.p; p.bias = use_bias ? dbias.p : nullptr;
+  if (add_mode) { p.add = dadd.p; p.add_dtype = add_d; p.ld_add = ld_add; }
+  launch_int8_gemm(p, 0);
+  CK(cudaGetLastError());
+  // launch_dequantize wants a contiguous add: repack rows.
+  std::vector<float> add_c(M * N);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) add_c[i * N + j] = addv[i * ld_add + j];
+  const auto add_c_bytes = encode(add_d, add_c);
+  DevBuf<uint8_t> dadd_c(add_c_bytes.size());
+  dadd_c.up(add_c_bytes);
+  launch_dequantize(dacc.p, M, N, dra.p, dca.p, use_bias ? dbias.p : nullptr,
+                    add_mode ? dadd_c.p : nullptr, add_d, dout2.p, out_d, 0);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto acc = dacc.down();
+  const auto o1 = dout.down(), o2 = dout2.down();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < ldo; ++j) {
+      if (j >= N) {  // padding must be untouched
+        for (int s = 0; s < os; ++s) if (o1[(i * ldo + j) * os + s] != 0x77) ++bad;
+        continue;
+      }
+      const float want = round_to(out_d, ref_dequant(acc[i * N + j], ra[i], ca[j], use_bias ? &bias[j] : nullptr,
+                                                     add_mode ? &addv[i * ld_add + j] : nullptr));
+      const float g1 = decode(out_d, &o1[(i * ldo + j) * os]);
+      const float g2 = decode(out_d, &o2[(i * N + j) * os]);
+      if (!same_float(g1, want) || !same_float(g2, want)) {
+        if (bad < 5) std::printf("   mismatch (%lld, %lld): gemm %.9g dequant %.9g want %.9g\n", (long long)i,
+                                 (long long)j, g1, g2, want);
+        ++bad;
+      }
+    }
+  }
+  report(bad == 0, what);
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantize + zero_columns against the CPU.
+// ---------------------------------------------------------------------------------------
+static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_off, float threshold) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "quantize %s M=%lld K=%lld ldx=%lld off=%d thr=%g", dname(d), (long long)M,
+                (long long)K, (long long)ldx, elem_off, threshold);
+  std::normal_distribution<float> dn(0.0f, 1.0f);
+  std::uniform_int_distribution<int64_t> dcol(0, K - 1);
+  std::vector<float> x((M - 1) * ldx + K + elem_off, 0.0f);
+  float* xv = x.data() + elem_off;
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t k = 0; k < K; ++k) xv[i * ldx + k] = dn(g_rng);
+    const int kind = (int)(i % 8);
+    if (kind == 1) for (int64_t k = 0; k < K; ++k) xv[i * ldx + k] = 0.0f;        // zero row
+    if (kind == 2) xv[i * ldx + dcol(g_rng)] = NAN;                                // NaN row
+    if (kind == 3) xv[i * ldx + dcol(g_rng)] = (i & 8) ? INFINITY : -INFINITY;     // inf
+    if (kind == 4) {  // absmax 127 -> scale 1: exact .5 ties, round half to even
+      for (int64_t k = 0; k < K; ++k) xv[i * ldx + k] = (float)((k % 9) - 4) + 0.5f;
+      xv[i * ldx + (K - 1)] = -127.0f;
+    }
+    if (kind == 5 || kind == 6) xv[i * ldx + dcol(g_rng)] = 8.0f * (kind == 5 ? 1 : -1);  // outliers
+  }
+  for (auto& v : x) v = round_to(d, v);  // the CPU works on the values the GPU sees
+  const auto xb = encode(d, x);
+  DevBuf<uint8_t> dx(xb.size());
+  dx.up(xb);
+  DevBuf<int8_t> dq(M * K);
+  DevBuf<float> dam(M);
+  DevBuf<uint8_t> dmask(K);
+  CK(cudaMemset(dmask.p, 0, K));
+  launch_quantize_rowwise(dx.p + (size_t)elem_off * dtype_size(d), d, M, K, ldx, threshold, dq.p, dam.p,
+                          dmask.p, 0);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto q = dq.down();
+  const auto am = dam.down();
+  const auto mask = dmask.down();
+  // CPU reference.
+  std::vector<uint8_t> rmask(K, 0);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    float m = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      const float a = std::fabs(xv[i * ldx + k]);
+      if (threshold > 0.0f && a >= threshold) { rmask[k] = 1; continue; }
+      if (a > m || std::isnan(a)) m = a;
+    }
+    const float scale = m > 0.0f ? 127.0f / m : 0.0f;
+    if (!same_float(am[i], m)) {
+      if (bad < 5) std::printf("   absmax row %lld: got %g want %g\n", (long long)i, am[i], m);
+      ++bad;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float pv = xv[i * ldx + k] * scale;
+      int8_t want = 0;
+      if (!std::isnan(pv)) want = (int8_t)std::min(127.0f, std::max(-127.0f, std::nearbyint(pv)));
+      if (q[i * K + k] != want) {
+        if (bad < 5) std::printf("   q(%lld, %lld): got %d want %d (x=%g)\n", (long long)i, (long long)k,
+                                 q[i * K + k], want, xv[i * ldx + k]);
+        ++bad;
+      }
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) bad += mask[k] != rmask[k];
+  report(bad == 0, what);
+
+  // zero_columns on the same q: the outlier columns plus a few fixed ones.
+  std::vector<int64_t> cols;
+  for (int64_t k = 0; k < K; ++k) if (rmask[k] || k % 97 == 3) cols.push_back(k);
+  DevBuf<int64_t> dcols(cols.size());
+  dcols.up(cols);
+  launch_zero_columns(dq.p, M, K, dcols.p, (int64_t)cols.size(), 0);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  auto want = q;
+  for (int64_t i = 0; i < M; ++i) for (int64_t c : cols) want[i * K + c] = 0;
+  std::snprintf(what, sizeof(what), "zero_columns M=%lld K=%lld n_cols=%zu", (long long)M, (long long)K, cols.size());
+  report(dq.down() == want, what);
+}
+
+int main() {
+  int dev = 0;
+  cudaDeviceProp prop;
+  CK(cudaGetDevice(&dev));
+  CK(cudaGetDeviceProperties(&prop, dev));
+  std::printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+  if (prop.major < 8) {
+    std::printf("needs sm_80+\n");
+    return 2;
+  }
+
+  // GEMM int32: odd shapes, both tile configs (>= 132 big tiles selects 128x128), aligned
+  // (cp.async) and unaligned (byte) paths, K tails, padded output rows.
+  const int64_t shapes[][3] = {{1, 1, 1},     {1, 1, 17},     {3, 5, 7},      {16, 8, 32},
+                               {17, 9, 33},   {64, 64, 64},   {65, 63, 65},   {128, 128, 64},
+                               {129, 130, 131}, {200, 300, 1000}, {1, 4096, 4096}, {4096, 1, 80},
+                               {33, 2000, 80}, {1536, 1536, 96}, {1600, 1700, 200}, {2047, 2049, 1},
+                               {5, 7, 0}};
+  for (const auto& s : shapes) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    const int64_t k16 = (K + 15) / 16 * 16;
+    test_gemm_int32(M, N, K, std::max<int64_t>(K, 1), std::max<int64_t>(K, 1), N, 0, 0, 0);  // contiguous
+    test_gemm_int32(M, N, K, k16 + 16, k16 + 32, N + 5, 0, 0, 0);  // aligned strides, K tail
+    test_gemm_int32(M, N, K, K + 3, K + 1, N, 1, 3, 0);            // unaligned: byte path
+  }
+  test_gemm_int32(300, 257, 4096, 4096, 4096, 257, 0, 0, 1);   // |acc| max: -128 * -128 * K
+  test_gemm_int32(1600, 1600, 4100, 4112, 4112, 1600, 0, 0, 1);
+  test_gemm_int32(1, 128 * 65535 + 100, 16, 16, 16, 128 * 65535 + 100, 0, 0, 0);  // grid.y loop (128x128 tiles)
+
+  const DType dts[] = {DType::Float32, DType::Float16, DType::BFloat16};
+  for (DType od : dts) {
+    test_dequant(37, 45, 100, od, false, 0);
+    test_dequant(37, 44, 100, od, true, 0);
+    test_dequant(130, 68, 64, od, true, 1);
+    test_dequant(130, 68, 64, od, true, 2);
+    test_dequant(1500, 1500, 33, od, true, 2);  // 128x128 tiles
+  }
+
+  for (DType d : dts) {
+    for (float thr : {0.0f, 6.0f}) {
+      test_quantize(d, 37, 64, 64, 0, thr);        // warp per row, vector path
+      test_quantize(d, 37, 67, 67, 0, thr);        // K not a multiple of the vector: scalar
+      test_quantize(d, 37, 64, 80, 1, thr);        // misaligned base: scalar
+      test_quantize(d, 21, 3000, 3008, 0, thr);    // block per row, cached (vector)
+      test_quantize(d, 21, 3001, 3001, 0, thr);    // block per row, cached (scalar)
+      test_quantize(d, 9, 40000, 40000, 0, thr);   // block per row, two-pass (vector)
+      test_quantize(d, 9, 9999, 10007, 0, thr);    // block per row, two-pass (scalar)
+      test_quantize(d, 1, 1, 1, 0, thr);
+      test_quantize(d, 5000, 8, 8, 0, thr);        // many short rows
+    }
+  }
+
+  std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
+  return g_failures ? 1 : 0;
+}
