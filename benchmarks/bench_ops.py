@@ -1,0 +1,157 @@
+"""`make bench`: int8kern's ops against the plain PyTorch equivalents on every device found.
+
+For each device: quantize_rowwise against the reference (plain PyTorch ops) and a copy of the
+same bytes; int8_matmul against torch._int_mm and the float matmul; the LLM.int8() layer
+(Int8LinearLt) against nn.Linear in float32/bfloat16 (CPU) or float16/bfloat16 (CUDA), and
+bitsandbytes' Linear8bitLt when it is importable. Random inputs, 0.5% of activation columns
+carrying outliers of magnitude 8-60 (LLM.int8()'s emergent features). Prints a table and
+writes benchmarks/results/<device>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+
+import torch
+import torch.nn.functional as F
+
+import int8kern
+from int8kern import ops, reference
+
+from timing import bench, environment, rotation
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def activations(M, K, dtype, device, seed, outlier_frac=0.005):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g)
+    n_out = max(1, int(round(outlier_frac * K))) if outlier_frac > 0 else 0
+    if n_out:
+        cols = torch.randperm(K, generator=g)[:n_out]
+        mag = torch.rand(M, n_out, generator=g) * 52 + 8
+        sign = torch.randint(0, 2, (M, n_out), generator=g) * 2 - 1
+        x[:, cols] = mag * sign
+    return x.to(device=device, dtype=dtype)
+
+
+def try_bitsandbytes():
+    try:
+        import bitsandbytes as bnb  # noqa: F401
+        return bnb
+    except Exception:
+        return None
+
+
+class Table:
+    def __init__(self, device):
+        self.device, self.rows = device, []
+
+    def add(self, group, name, shape, seconds, anchors, extra=""):
+        """anchors: {label: seconds}; ratio = anchor time / our time (> 1: we are faster)."""
+        row = {"group": group, "op": name, "shape": shape, "ms": seconds * 1e3, "extra": extra,
+               "vs": {k: v / seconds for k, v in anchors.items()}, "anchor_ms": {k: v * 1e3 for k, v in anchors.items()}}
+        self.rows.append(row)
+        ratios = "  ".join(f"{k} {v * 1e3:8.3f} ms ({v / seconds:5.2f}x)" for k, v in anchors.items())
+        print(f"{group:<12} {name:<22} {shape:<18} {seconds * 1e3:9.3f} ms  {extra:<14} {ratios}", flush=True)
+
+
+def bench_quantize(t: Table, device, shapes, dtype):
+    for M, K in shapes:
+        sets = rotation(lambda i: (activations(M, K, dtype, device, i),), M * K * dtype.itemsize, device)
+        ours = bench(lambda x: ops.quantize_rowwise(x, 6.0), sets, device)
+        plain = bench(lambda x: reference.quantize_rowwise(x, 6.0), sets, device, max_reps=20)
+        copy = bench(lambda x: x.clone(), sets, device)
+        moved = M * K * (dtype.itemsize + 1)  # read x, write q
+        t.add("quantize", f"quantize_rowwise {str(dtype)[6:]}", f"{M}x{K}", ours,
+              {"plain torch": plain, "copy": copy}, f"{moved / ours / 1e9:6.1f} GB/s")
+
+
+def bench_matmul(t: Table, device, shapes, float_dtypes):
+    for M, K, N in shapes:
+        def make(i):
+            g = torch.Generator().manual_seed(i)
+            return (torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8).to(device),
+                    torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device))
+        sets = rotation(make, (M + N) * K, device)
+        ours = bench(ops.int8_matmul, sets, device)
+        anchors = {}
+        try:
+            anchors["torch._int_mm"] = bench(lambda a, b: torch._int_mm(a, b.t()), sets, device, min_reps=3, budget_s=2.0)
+        except RuntimeError as e:
+            print(f"  torch._int_mm unavailable for {M}x{K}x{N}: {str(e).splitlines()[0]}")
+        for fd in float_dtypes:
+            fsets = [(a.to(fd), b.to(fd)) for a, b in sets]
+            anchors[f"mm {str(fd)[6:]}"] = bench(lambda a, b: torch.mm(a, b.t()), fsets, device, min_reps=3)
+        tops = 2 * M * N * K / ours / 1e12
+        t.add("int8_matmul", "int8_matmul", f"{M}x{K}x{N}", ours, anchors, f"{tops:7.3f} TOPS")
+
+
+def bench_linear(t: Table, device, K, N, Ms, x_dtype, float_dtypes, bnb):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(K, N).to(device)
+    layers = {th: int8kern.Int8LinearLt.from_linear(lin, threshold=th).to(device) for th in (6.0, 0.0)}
+    float_layers = {fd: torch.nn.Linear(K, N).to(device=device, dtype=fd) for fd in float_dtypes}
+    bnb_layers = {}
+    if bnb is not None:
+        for th in (6.0, 0.0):
+            try:
+                layer = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=th)
+                layer.load_state_dict(lin.to(torch.float16).state_dict())
+                bnb_layers[th] = layer.to(device)
+            except Exception as e:  # bitsandbytes without a backend for this device
+                print(f"  bitsandbytes Linear8bitLt unavailable on {device}: {e}")
+                break
+        lin.float()
+    for M in Ms:
+        for th in (6.0, 0.0):
+            sets = rotation(lambda i: (activations(M, K, x_dtype, device, i),), M * K * 2, device)
+            with torch.no_grad():
+                ours = bench(layers[th], sets, device)
+                anchors = {f"Linear {str(fd)[6:]}": bench(float_layers[fd], [(s[0].to(fd),) for s in sets], device, min_reps=3)
+                           for fd in float_dtypes}
+                if th in bnb_layers:
+                    bsets = [(s[0].to(torch.float16),) for s in sets]
+                    anchors["bnb Linear8bitLt"] = bench(bnb_layers[th], bsets, device, min_reps=3)
+            t.add("int8_linear", f"Int8LinearLt th={th:g} {str(x_dtype)[6:]}", f"M={M} {K}x{N}", ours, anchors)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="fewer shapes")
+    args = p.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    bnb = try_bitsandbytes()
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    for device in devices:
+        env = environment(device)
+        name = env.get("gpu") if device == "cuda" else f"cpu-{env['cpu']}"
+        print(f"\n== int8kern benchmarks on {name}: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        print(f"   bitsandbytes: {getattr(bnb, '__version__', 'not installed')}")
+        t = Table(device)
+        if device == "cpu":
+            bench_quantize(t, device, [(512, 4096), (4096, 4096)], torch.float32)
+            bench_quantize(t, device, [(4096, 4096)], torch.bfloat16)
+            bench_matmul(t, device, [(1, 4096, 4096), (16, 4096, 4096)] + ([] if args.quick else [(512, 4096, 4096)]),
+                         [torch.float32])
+            bench_linear(t, device, 4096, 4096, [1, 16] + ([] if args.quick else [512]), torch.float32,
+                         [torch.float32, torch.bfloat16], bnb)
+        else:
+            bench_quantize(t, device, [(8192, 8192), (2048, 4096)], torch.float16)
+            bench_matmul(t, device, [(4096, 4096, 4096), (8192, 8192, 8192), (16, 4096, 4096), (2048, 4096, 11008)],
+                         [torch.float16, torch.bfloat16])
+            for K, N in [(4096, 4096), (4096, 11008)] + ([] if args.quick else [(11008, 4096), (4096, 14336), (8192, 28672)]):
+                bench_linear(t, device, K, N, [1, 16, 2048], torch.float16, [torch.float16, torch.bfloat16], bnb)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+        path = os.path.join(HERE, "results", f"{slug}.json")
+        with open(path, "w") as f:
+            json.dump({"environment": env, "bitsandbytes": getattr(bnb, "__version__", None), "rows": t.rows}, f, indent=1)
+        print(f"   written: {os.path.relpath(path)}")
+
+
+if __name__ == "__main__":
+    main()
