@@ -2,6 +2,7 @@
 #               make test    (the test suite)
 # Both set up their environment (scripts/env.sh) and build the extension first.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY := $(shell scripts/env.sh)
 # torch guesses CUDA_HOME from `which nvcc`, wrongly when that is a wrapper script.
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
@@ -16,7 +17,7 @@ install: $(STAMP)
 # Rebuilt when a source changes; editable, so Python edits need no rebuild.
 $(STAMP): $(SOURCES)
 	@mkdir -p build
-	$(PY) -m pip install --no-build-isolation --no-deps --no-index -e . 2>&1 | tail -n 3
+	$(PY) -m pip install --no-build-isolation --no-deps --no-index -e . > build/install.log 2>&1 || { tail -n 40 build/install.log; exit 1; }
 	@$(PY) -c "import int8kern, torch; print('int8kern built; CUDA kernels:', torch._C._dispatch_has_kernel_for_dispatch_key('int8kern::int8_matmul', 'CUDA'))"
 	@touch $@
 

@@ -48,8 +48,10 @@ namespace {
 at::Tensor dequantize_weight_columns(const at::Tensor& weight, const at::Tensor& weight_absmax,
                                      const at::Tensor& cols, at::ScalarType dtype) {
   if (!weight.is_cpu()) {
-    return (weight.index_select(1, cols).to(at::kFloat) * (weight_absmax / 127.0f).unsqueeze(1))
-        .to(dtype);
+    // A true division by 127, as on the CPU (dividing by a Python-side scalar on CUDA would
+    // multiply by a rounded 1/127).
+    const auto scale = weight_absmax / at::full_like(weight_absmax, 127.0f);
+    return (weight.index_select(1, cols).to(at::kFloat) * scale.unsqueeze(1)).to(dtype);
   }
   const int64_t N = weight.size(0), n_out = cols.numel();
   const auto w = weight.contiguous();

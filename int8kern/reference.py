@@ -29,15 +29,19 @@ def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Ten
     row_absmax[i] is the max of |x[i, j]| over elements with |x[i, j]| < threshold, and
     q[:, outlier_cols] = 0.
     q = round_half_even(x * (127 / row_absmax)) clamped to [-127, 127]; 0 in a row whose absmax
-    is 0. A NaN is never an outlier: it makes its row's absmax NaN (so the row dequantizes to
-    NaN) and its q entries 0.
+    is 0.
+
+    Non-finite values: NaN and +-Inf are never outliers (an Inf would otherwise pull its whole
+    column out of every other row). They stay in their row, whose absmax becomes NaN or Inf;
+    that row's q is 0 (int8 holds no NaN) and its dequantized output is NaN, while every other
+    row is exactly what it would be without them.
     """
     if x.dim() != 2:
         raise ValueError(f"quantize_rowwise: x must be 2-D [M, K], got {tuple(x.shape)}")
     xf = x.float()
     a = xf.abs()
     if threshold > 0:
-        outlier = a >= threshold
+        outlier = (a >= threshold) & torch.isfinite(a)
         outlier_cols = outlier.any(dim=0).nonzero().flatten()
         kept = a.masked_fill(outlier, 0.0)
     else:
@@ -69,7 +73,11 @@ def dequantize_matmul(
     out_dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
     """acc * (row_absmax[:, None] / 127) * (col_absmax / 127) + bias + add in float32, rounded once."""
-    out = acc.float() * (row_absmax.float()[:, None] / 127.0) * (col_absmax.float()[None, :] / 127.0)
+    # True divisions by 127 (on CUDA, `tensor / 127.0` multiplies by a rounded 1/127), as the
+    # kernels do, so that float32 results can match bit for bit.
+    row_scale = row_absmax.float() / torch.full_like(row_absmax.float(), 127.0)
+    col_scale = col_absmax.float() / torch.full_like(col_absmax.float(), 127.0)
+    out = acc.float() * row_scale[:, None] * col_scale[None, :]
     if bias is not None:
         out = out + bias.float()[None, :]
     if add is not None:
@@ -104,7 +112,8 @@ def int8_linear(
     q, row_absmax, cols = quantize_rowwise(x2, threshold)
     add = None
     if cols.numel() > 0:
-        w_outliers = (weight[:, cols].float() * (weight_absmax[:, None] / 127.0)).to(x.dtype)
+        w_scale = weight_absmax / torch.full_like(weight_absmax, 127.0)
+        w_outliers = (weight[:, cols].float() * w_scale[:, None]).to(x.dtype)
         add = x2[:, cols] @ w_outliers.T
     y = int8_scaled_matmul(q, weight, row_absmax, weight_absmax, bias, add, x.dtype)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../checks.h"
@@ -20,8 +21,9 @@ namespace {
 #define INT8KERN_CLONES __attribute__((target_clones("avx2", "default")))
 
 // Row absmax over elements with |v| < threshold (all elements when threshold <= 0); marks
-// columns with |v| >= threshold in mask. NaN is never an outlier and makes the absmax NaN,
-// so that a NaN in x reaches the output instead of vanishing in int8.
+// columns with threshold <= |v| < inf in mask. NaN and Inf are never outliers: they stay in
+// their row, whose absmax becomes NaN or Inf, so the row's output is non-finite instead of
+// the value vanishing in int8, and no other row changes because of them.
 INT8KERN_CLONES
 float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
   float amax = 0.0f;
@@ -29,7 +31,7 @@ float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_
   if (threshold > 0.0f) {
     for (int64_t j = 0; j < K; ++j) {
       const float a = std::fabs(v[j]);
-      const bool outlier = a >= threshold;
+      const bool outlier = a >= threshold && a < std::numeric_limits<float>::infinity();
       mask[j] |= static_cast<uint8_t>(outlier);
       const float kept = outlier ? 0.0f : a;
       amax = kept > amax ? kept : amax;

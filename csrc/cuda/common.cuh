@@ -97,8 +97,9 @@ INT8KERN_D uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu;
 INT8KERN_D uint32_t umax(uint32_t a, uint32_t b) { return a > b ? a : b; }
 // For abs_bits values: the value is a number (not NaN) > 0.
 INT8KERN_D bool abs_bits_positive(uint32_t a) { return a != 0u && a <= kInfBits; }
-// For abs_bits a and a positive threshold's bits t: |x| >= threshold, false for NaN |x|.
-INT8KERN_D bool abs_bits_ge(uint32_t a, uint32_t t) { return a >= t && a <= kInfBits; }
+// For abs_bits a and a positive threshold's bits t: threshold <= |x| < inf, i.e. x is an
+// outlier. NaN and Inf never are (see launchers.h): they stay in their row's absmax.
+INT8KERN_D bool is_outlier_bits(uint32_t a, uint32_t t) { return a >= t && a < kInfBits; }
 
 // round-half-to-even(v), saturated to [-127, 127]; NaN -> 0. cvt.rni.s32.f32 (what
 // __float2int_rn emits) already rounds half to even, saturates to the int32 range for

@@ -22,7 +22,8 @@ enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 //   threshold > 0: elements with |x| >= threshold are excluded from the row absmax and
 //   their column is marked in outlier_mask (uint8 [K], zeroed by the caller; the kernel
 //   only ever stores 1). threshold <= 0: outlier_mask may be null and is not touched.
-//   NaN is never an outlier and propagates into row_absmax; q is 0 where x*scale is NaN.
+//   NaN and +-Inf are never outliers (outlier: threshold <= |x| < inf): they stay in their
+//   row and make its absmax NaN/Inf; q is 0 where x*scale is NaN.
 //   q is NOT yet zeroed in outlier columns: launch_zero_columns does that once the mask
 //   has been compacted into a column list.
 void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,

@@ -1,10 +1,13 @@
 // CUDA backend, host side: argument checks, output allocation, device guard and current
 // stream, then one launcher call per kernel (csrc/cuda/*.cu) and a launch check. Compiled by
 // the host compiler; the .cu files see no torch header.
+// c10's stream and guard headers, not ATen/cuda/CUDAContext.h: that one pulls in the
+// cuBLAS/cuSPARSE headers, which a bare CUDA toolkit (nvcc and the runtime) may not have.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include "../checks.h"
@@ -26,10 +29,12 @@ DType to_dtype(at::ScalarType t) {
 
 // mma.sync.m16n8k32 on int8 needs sm_80; say so instead of failing with "no kernel image".
 void check_tensor_cores(const char* op, const at::Tensor& t) {
-  const auto* prop = at::cuda::getDeviceProperties(t.device().index());
-  TORCH_CHECK(prop->major >= 8, "int8kern.", op,
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.device().index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, t.device().index()));
+  TORCH_CHECK(major >= 8, "int8kern.", op,
               ": the CUDA int8 GEMM needs compute capability 8.0 or newer (A100, H100, ...), "
-              "got ", prop->major, ".", prop->minor, " on ", t.device());
+              "got ", major, ".", minor, " on ", t.device());
 }
 
 void fill_epilogue(Int8GemmParams& p, const at::Tensor& row_absmax, const at::Tensor& col_absmax,
@@ -70,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
   TORCH_CHECK(K >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
               describe(x));
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   auto xc = x.contiguous();
   auto q = at::empty({M, K}, x.options().dtype(at::kChar));
   auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
@@ -104,7 +109,7 @@ at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   auto a = a_in.contiguous(), b = b_in.contiguous();
   auto p = gemm_params(a, b, out);
   p.out_int32 = true;
-  launch_int8_gemm(p, at::cuda::getCurrentCUDAStream());
+  launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -127,7 +132,7 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   auto add_e = add_for_epilogue(add, out_dtype);
   auto p = gemm_params(a, b, out);
   fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
-  launch_int8_gemm(p, at::cuda::getCurrentCUDAStream());
+  launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -149,7 +154,7 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
   launch_dequantize(acc.data_ptr<int32_t>(), M, N, row_c.data_ptr<float>(), col_c.data_ptr<float>(),
                     bias_f ? bias_f->data_ptr<float>() : nullptr, add_e ? add_e->data_ptr() : nullptr,
                     add_e ? to_dtype(add_e->scalar_type()) : to_dtype(out_dtype), out.data_ptr(),
-                    to_dtype(out_dtype), at::cuda::getCurrentCUDAStream());
+                    to_dtype(out_dtype), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -53,12 +53,12 @@ struct RowUnit<T, false> {
 };
 
 // One element's contribution to the row absmax, all on abs_bits patterns (common.cuh):
-// outliers (|v| >= threshold, only when threshold > 0) mark their column and are excluded;
-// NaN is never an outlier and propagates through the unsigned max (NaN bits > inf bits).
+// outliers (threshold <= |v| < inf, only when threshold > 0) mark their column and are
+// excluded; NaN and Inf never are, and propagate through the unsigned max (NaN bits > inf bits).
 INT8KERN_D void observe(float v, int64_t col, bool use_threshold, uint32_t threshold_bits,
                         uint8_t* outlier_mask, uint32_t& amax_bits) {
   const uint32_t a = abs_bits(v);
-  if (use_threshold && abs_bits_ge(a, threshold_bits)) {
+  if (use_threshold && is_outlier_bits(a, threshold_bits)) {
     if (outlier_mask != nullptr) outlier_mask[col] = 1;  // benign race: everyone stores 1
   } else {
     amax_bits = umax(amax_bits, a);
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kGroup* kRowsPerBlock, 1)
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int64_t units = K / E;  // exact: the host picks kVec only when K % E == 0
   // threshold > 0 (a positive number, +inf included) <=> sign bit clear and bits != 0; a NaN
-  // threshold can match no element (abs_bits_ge is false against NaN bits).
+  // threshold can match no element (is_outlier_bits is false against NaN bits).
   const uint32_t threshold_bits = __float_as_uint(threshold);
   const bool use_threshold = static_cast<int32_t>(threshold_bits) > 0;
   const bool cached = units <= static_cast<int64_t>(kGroup) * kCache;

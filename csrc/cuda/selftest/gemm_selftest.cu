@@ -273,7 +273,7 @@ static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_o
     float m = 0.0f;
     for (int64_t k = 0; k < K; ++k) {
       const float a = std::fabs(xv[i * ldx + k]);
-      if (threshold > 0.0f && a >= threshold) { rmask[k] = 1; continue; }
+      if (threshold > 0.0f && a >= threshold && std::isfinite(a)) { rmask[k] = 1; continue; }
       if (a > m || std::isnan(a)) m = a;
     }
     const float scale = m > 0.0f ? 127.0f / m : 0.0f;
