@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "../checks.h"
 #include "epilogue.h"
@@ -31,13 +32,15 @@ namespace {
 
 constexpr int MR = 4;
 constexpr int NR = 2;
+constexpr int NR_GEMV = 4;  // a single row of a: four weight rows in flight instead of two
 constexpr int64_t BLOCK_N = 32;
 constexpr int64_t BLOCK_M = 128;
+constexpr int64_t BLOCK_K = 1024;  // a multiple of 16: only the last K slice has a tail
 
-// One MR_ x NR_ tile over the whole K: c[i * NR_ + j] = sum_k a[i][k] * b[j][k].
+// One MR_ x NR_ tile over a K slice: c[i * ldc + j] += sum_k a[i][k] * b[j][k].
 template <int MR_, int NR_>
 __attribute__((target("avx2"))) void tile_avx2(const int16_t* a, int64_t lda, const int8_t* b,
-                                               int64_t ldb, int64_t K, int32_t* c) {
+                                               int64_t ldb, int64_t K, int32_t* c, int64_t ldc) {
   __m256i acc[MR_][NR_];
   for (int i = 0; i < MR_; ++i)
     for (int j = 0; j < NR_; ++j) acc[i][j] = _mm256_setzero_si256();
@@ -60,34 +63,35 @@ __attribute__((target("avx2"))) void tile_avx2(const int16_t* a, int64_t lda, co
       int32_t sum = _mm_cvtsi128_si32(s);
       for (int64_t kk = k; kk < K; ++kk)  // K % 16 tail
         sum += static_cast<int32_t>(a[i * lda + kk]) * static_cast<int32_t>(b[j * ldb + kk]);
-      c[i * NR_ + j] = sum;
+      c[i * ldc + j] += sum;
     }
 }
 
 // Portable version of the same tile for CPUs without AVX2; a plain int32 loop.
 template <int MR_, int NR_>
 void tile_generic(const int16_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t K,
-                  int32_t* c) {
+                  int32_t* c, int64_t ldc) {
   for (int i = 0; i < MR_; ++i)
     for (int j = 0; j < NR_; ++j) {
       int32_t sum = 0;
       for (int64_t k = 0; k < K; ++k)
         sum += static_cast<int32_t>(a[i * lda + k]) * static_cast<int32_t>(b[j * ldb + k]);
-      c[i * NR_ + j] = sum;
+      c[i * ldc + j] += sum;
     }
 }
 
-using TileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*);
+using TileFn = void (*)(const int16_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
 
 template <int MR_, int NR_>
 TileFn pick_tile(bool avx2) {
   return avx2 ? &tile_avx2<MR_, NR_> : &tile_generic<MR_, NR_>;
 }
 
-// Tile functions for every edge size (mr in 1..MR, nr in 1..NR).
+// Tile functions for every edge size (mr in 1..MR, nr in 1..NR; nr up to NR_GEMV for mr = 1).
 struct TileTable {
-  TileFn fn[MR + 1][NR + 1];
+  TileFn fn[MR + 1][NR_GEMV + 1];
   explicit TileTable(bool avx2) {
+    fn[1][3] = pick_tile<1, 3>(avx2); fn[1][4] = pick_tile<1, 4>(avx2);
     fn[1][1] = pick_tile<1, 1>(avx2); fn[1][2] = pick_tile<1, 2>(avx2);
     fn[2][1] = pick_tile<2, 1>(avx2); fn[2][2] = pick_tile<2, 2>(avx2);
     fn[3][1] = pick_tile<3, 1>(avx2); fn[3][2] = pick_tile<3, 2>(avx2);
@@ -123,21 +127,26 @@ void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
   const int64_t m_blocks = (M + BLOCK_M - 1) / BLOCK_M;
   const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
   at::parallel_for(0, m_blocks * n_blocks, 1, [&](int64_t t0, int64_t t1) {
-    int32_t strip[MR * BLOCK_N];
+    std::vector<int32_t> acc(BLOCK_M * BLOCK_N);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i_begin = (t / n_blocks) * BLOCK_M, j_begin = (t % n_blocks) * BLOCK_N;
       const int64_t i_end = std::min(M, i_begin + BLOCK_M), j_end = std::min(N, j_begin + BLOCK_N);
-      const int64_t nb = j_end - j_begin;
+      std::fill(acc.begin(), acc.end(), 0);
+      for (int64_t k0 = 0; k0 < K; k0 += BLOCK_K) {
+        const int64_t kc = std::min(BLOCK_K, K - k0);
+        for (int64_t i = i_begin; i < i_end; i += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i));
+          const int nr_max = mr == 1 ? NR_GEMV : NR;
+          for (int64_t j = j_begin; j < j_end; j += nr_max) {
+            const int nr = static_cast<int>(std::min<int64_t>(nr_max, j_end - j));
+            table.fn[mr][nr](ap + i * K + k0, K, bp + j * K + k0, K, kc,
+                             acc.data() + (i - i_begin) * BLOCK_N + (j - j_begin), BLOCK_N);
+          }
+        }
+      }
       for (int64_t i = i_begin; i < i_end; i += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i));
-        for (int64_t j = j_begin; j < j_end; j += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, j_end - j));
-          int32_t c[MR * NR];
-          table.fn[mr][nr](ap + i * K, K, bp + j * K, K, K, c);
-          for (int ii = 0; ii < mr; ++ii)
-            for (int jj = 0; jj < nr; ++jj) strip[ii * BLOCK_N + (j - j_begin) + jj] = c[ii * nr + jj];
-        }
-        sink(i, mr, j_begin, nb, strip, BLOCK_N);
+        sink(i, mr, j_begin, j_end - j_begin, acc.data() + (i - i_begin) * BLOCK_N, BLOCK_N);
       }
     }
   });
