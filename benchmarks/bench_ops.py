@@ -112,9 +112,8 @@ def bench_linear(t: Table, device, K, N, Ms, x_dtype, float_dtypes, bnb):
                 ours = bench(layers[th], sets, device)
                 anchors = {f"Linear {str(fd)[6:]}": bench(float_layers[fd], [(s[0].to(fd),) for s in sets], device, min_reps=3)
                            for fd in float_dtypes}
-                if th in bnb_layers:
-                    bsets = [(s[0].to(torch.float16),) for s in sets]
-                    anchors["bnb Linear8bitLt"] = bench(bnb_layers[th], bsets, device, min_reps=3)
+                if th in bnb_layers:  # the same inputs, in the same dtype
+                    anchors["bnb Linear8bitLt"] = bench(bnb_layers[th], sets, device, min_reps=3)
             t.add("int8_linear", f"Int8LinearLt th={th:g} {str(x_dtype)[6:]}", f"M={M} {K}x{N}", ours, anchors)
 
 

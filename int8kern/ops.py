@@ -77,7 +77,8 @@ def int8_linear(
     weight: int8 [N, K], quantized per output row with scale weight_absmax (float32 [N]).
     Columns of x holding any |x| >= threshold are multiplied in x's dtype against the
     dequantized weight columns; the rest goes through the exact int8 GEMM. threshold <= 0
-    is plain vector-wise int8. Differentiable with respect to x (the weight is frozen).
+    is plain vector-wise int8. Differentiable with respect to x and bias (the int8 weight is
+    frozen, as in bitsandbytes' Linear8bitLt with has_fp16_weights=False).
     """
     return _ops.int8_linear(x, weight, weight_absmax, bias, float(threshold))
 
@@ -131,18 +132,23 @@ def _(x, weight, weight_absmax, bias, threshold):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-# ---- autograd: gradient with respect to x only (the int8 weight is frozen, as in
-# bitsandbytes' Linear8bitLt with has_fp16_weights=False) ----
+# ---- autograd: gradients for x and bias (the int8 weight is frozen) ----
 
 def _int8_linear_setup_context(ctx, inputs, output):
-    _, weight, weight_absmax, _, _ = inputs
+    _, weight, weight_absmax, bias, _ = inputs
     ctx.save_for_backward(weight, weight_absmax)
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
 def _int8_linear_backward(ctx, grad):
     weight, weight_absmax = ctx.saved_tensors
-    w = (weight.float() * (weight_absmax[:, None] / 127.0)).to(grad.dtype)
-    return grad @ w, None, None, None, None
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = (weight.float() * (weight_absmax[:, None] / 127.0)).to(grad.dtype)
+        grad_x = grad @ w
+    if ctx.needs_input_grad[3]:
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_x, None, None, grad_bias, None
 
 
 torch.library.register_autograd(

@@ -177,9 +177,12 @@ def test_int8_linear_approximates_float_linear(device):
     assert (y0 - lin(x)).norm() > 2 * (y - lin(x)).norm()
 
 
-def test_int8_linear_grad_wrt_x(device):
-    x = randn((3, 64), torch.float32, device, seed=31).requires_grad_()
+def test_int8_linear_grads(device):
+    x = randn((2, 3, 64), torch.float32, device, seed=31).requires_grad_()
     weight, absmax = ref.quantize_weight(randn((8, 64), torch.float32, device, seed=32))
-    ops.int8_linear(x, weight, absmax, None, 6.0).sum().backward()
+    bias = randn((8,), torch.float32, device, seed=33).requires_grad_()
+    g = randn((2, 3, 8), torch.float32, device, seed=34)
+    ops.int8_linear(x, weight, absmax, bias, 6.0).backward(g)
     w_deq = weight.float() * absmax[:, None] / 127
-    torch.testing.assert_close(x.grad, torch.ones(3, 8, device=device) @ w_deq)
+    torch.testing.assert_close(x.grad, g @ w_deq)
+    torch.testing.assert_close(bias.grad, g.sum((0, 1)))
