@@ -6,7 +6,6 @@
 // The number of outlier columns is data-dependent, so on CUDA this version reads it on the
 // host (one sync per call); the CUDA backend may register a sync-free kernel of its own.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -43,32 +42,13 @@ void check_int8_linear_args(const at::Tensor& x, const at::Tensor& weight,
 namespace {
 
 // weight[:, cols] * (weight_absmax / 127)[:, None] in `dtype`: the dequantized weight columns
-// that meet the outlier columns of x. On the CPU one pass over N rows of n_out bytes each;
-// elsewhere the same with ATen ops.
+// that meet the outlier columns of x.
 at::Tensor dequantize_weight_columns(const at::Tensor& weight, const at::Tensor& weight_absmax,
                                      const at::Tensor& cols, at::ScalarType dtype) {
-  if (!weight.is_cpu()) {
-    // A true division by 127, as on the CPU (dividing by a Python-side scalar on CUDA would
-    // multiply by a rounded 1/127).
-    const auto scale = weight_absmax / at::full_like(weight_absmax, 127.0f);
-    return (weight.index_select(1, cols).to(at::kFloat) * scale.unsqueeze(1)).to(dtype);
-  }
-  const int64_t N = weight.size(0), n_out = cols.numel();
-  const auto w = weight.contiguous();
-  const auto absmax = weight_absmax.contiguous();
-  auto out = at::empty({N, n_out}, weight.options().dtype(at::kFloat));
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const int64_t* cp = cols.data_ptr<int64_t>();
-  const float* ap = absmax.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t ldw = w.size(1);
-  at::parallel_for(0, N, 256, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const float scale = ap[j] / 127.0f;
-      for (int64_t c = 0; c < n_out; ++c) op[j * n_out + c] = static_cast<float>(wp[j * ldw + cp[c]]) * scale;
-    }
-  });
-  return dtype == at::kFloat ? out : out.to(dtype);
+  // A true division by 127, as the CPU kernels do (dividing by a scalar on CUDA multiplies by
+  // a rounded 1/127).
+  const auto scale = weight_absmax / at::full_like(weight_absmax, 127.0f);
+  return (weight.index_select(1, cols).to(at::kFloat) * scale.unsqueeze(1)).to(dtype);
 }
 
 }  // namespace
@@ -93,8 +73,12 @@ at::Tensor int8_linear_composite(const at::Tensor& x, const at::Tensor& weight,
   auto [q, row_absmax, cols] = quantize.call(x2, threshold);
   c10::optional<at::Tensor> add;
   if (cols.numel() > 0) {
-    const auto w_outliers = dequantize_weight_columns(weight, weight_absmax, cols, x.scalar_type());
-    add = at::matmul(x2.index_select(1, cols), w_outliers.t());
+    if (x2.is_cpu()) {
+      add = cpu::outlier_product_cpu(x2, weight, weight_absmax, cols);  // float32 [M, N]
+    } else {
+      const auto w_outliers = dequantize_weight_columns(weight, weight_absmax, cols, x.scalar_type());
+      add = at::matmul(x2.index_select(1, cols), w_outliers.t());
+    }
   }
   auto y = scaled_matmul.call(q, weight, row_absmax, weight_absmax, bias, add, x.scalar_type());
   auto out_shape = x.sizes().vec();
