@@ -45,8 +45,9 @@ def randint8(shape, device, seed, low=-128, high=128):
 
 def assert_close_to_f64(out, ref_same_dtype, ref_f64, factor=2.0, atol=1e-6):
     """flash-attention's rule: the kernel's error against a float64 computation is at most
-    `factor` times the error of plain PyTorch in the same dtype (plus a tiny atol for the
-    cases where plain PyTorch happens to be exact)."""
+    `factor` times the error of plain PyTorch in the same dtype, plus one unit of rounding
+    (eps of the dtype) at the output's scale and a tiny atol: when plain PyTorch happens to
+    land within half an ulp, a sum taken in another order may still be one ulp off."""
     assert out.shape == ref_f64.shape and out.dtype == ref_same_dtype.dtype
     err = (out.double() - ref_f64).abs()
     ref_err = (ref_same_dtype.double() - ref_f64).abs()
@@ -55,4 +56,6 @@ def assert_close_to_f64(out, ref_same_dtype, ref_f64, factor=2.0, atol=1e-6):
     finite = torch.isfinite(ref_f64)
     e = err[finite].max().item() if finite.any() else 0.0
     r = ref_err[finite].max().item() if finite.any() else 0.0
-    assert e <= factor * r + atol, f"kernel error {e:.3g} > {factor} x plain-PyTorch error {r:.3g} + {atol}"
+    ulp = torch.finfo(out.dtype).eps * (ref_f64[finite].abs().max().item() if finite.any() else 0.0)
+    assert e <= factor * r + ulp + atol, \
+        f"kernel error {e:.3g} > {factor} x plain-PyTorch error {r:.3g} + one ulp {ulp:.3g} + {atol}"
