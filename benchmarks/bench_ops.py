@@ -117,6 +117,43 @@ def bench_linear(t: Table, device, K, N, Ms, x_dtype, float_dtypes, bnb):
             t.add("int8_linear", f"Int8LinearLt th={th:g} {str(x_dtype)[6:]}", f"M={M} {K}x{N}", ours, anchors)
 
 
+def plot_speedup(rows, name, env, path):
+    """Int8LinearLt's speedup over the float layers (and bitsandbytes) by M, one panel per
+    threshold; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("   (matplotlib not installed: no plot)")
+        return
+    lin = [r for r in rows if r["group"] == "int8_linear"]
+    if not lin:
+        return
+    thresholds = sorted({r["op"].split()[1] for r in lin}, reverse=True)
+    fig, axes = plt.subplots(1, len(thresholds), figsize=(6 * len(thresholds), 4.2), squeeze=False)
+    for ax, th in zip(axes[0], thresholds):
+        sel = [r for r in lin if r["op"].split()[1] == th]
+        layers = sorted({r["shape"].split()[1] for r in sel})
+        for layer in layers:
+            pts = sorted((int(r["shape"].split()[0][2:]), r) for r in sel if r["shape"].split()[1] == layer)
+            for anchor in pts[0][1]["vs"]:
+                ax.plot([m for m, _ in pts], [r["vs"][anchor] for _, r in pts], marker="o",
+                        label=f"{layer} vs {anchor}")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speedup of Int8LinearLt (x)")
+        ax.set_title(f"{th.replace('th=', 'threshold ')}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"int8kern on {name} ({env['date']}, torch {env['torch']}, {env['commit']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"   written: {os.path.relpath(path)}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -146,6 +183,7 @@ def main():
             for K, N in [(4096, 4096), (4096, 11008)] + ([] if args.quick else [(11008, 4096), (4096, 14336), (8192, 28672)]):
                 bench_linear(t, device, K, N, [1, 16, 2048], torch.float16, [torch.float16, torch.bfloat16], bnb)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+        plot_speedup(t.rows, name, env, os.path.join(HERE, "results", f"{slug}.png"))
         path = os.path.join(HERE, "results", f"{slug}.json")
         with open(path, "w") as f:
             json.dump({"environment": env, "bitsandbytes": getattr(bnb, "__version__", None), "rows": t.rows}, f, indent=1)
