@@ -89,32 +89,91 @@ def bench_matmul(t: Table, device, shapes, float_dtypes):
         t.add("int8_matmul", "int8_matmul", f"{M}x{K}x{N}", ours, anchors, f"{tops:7.3f} TOPS")
 
 
-def bench_linear(t: Table, device, K, N, Ms, x_dtype, float_dtypes, bnb):
+def layer_copies(make_layer, weight_bytes, device):
+    """Copies of a layer whose weights together exceed twice the GPU's L2, so that a timed
+    call never finds its weight in L2 from the previous one (one copy on the CPU)."""
+    if device != "cuda":
+        return [make_layer()]
+    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
+    return [make_layer() for _ in range(max(1, min(8, (2 * l2) // weight_bytes + 1)))]
+
+
+def bench_linear(t: Table, device, K, N, Ms, x_dtype, float_dtypes, bnb, outlier_fracs=(0.005,),
+                 ceilings=None):
+    """Int8LinearLt (thresholds 6 and 0) against nn.Linear in float_dtypes and bitsandbytes'
+    Linear8bitLt on the same inputs. Reports the weight bytes streamed per second (the floor
+    at small M) and TOPS, against the measured ceilings when given."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(K, N).to(device)
-    layers = {th: int8kern.Int8LinearLt.from_linear(lin, threshold=th).to(device) for th in (6.0, 0.0)}
-    float_layers = {fd: torch.nn.Linear(K, N).to(device=device, dtype=fd) for fd in float_dtypes}
+    layers = {th: layer_copies(lambda: int8kern.Int8LinearLt.from_linear(lin, threshold=th).to(device), N * K, device)
+              for th in (6.0, 0.0)}
+    float_layers = {fd: layer_copies(lambda: torch.nn.Linear(K, N).to(device=device, dtype=fd), N * K * fd.itemsize, device)
+                    for fd in float_dtypes}
     bnb_layers = {}
     if bnb is not None:
+        state = {k: v.to(torch.float16) for k, v in lin.state_dict().items()}
         for th in (6.0, 0.0):
             try:
-                layer = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=th)
-                layer.load_state_dict(lin.to(torch.float16).state_dict())
-                bnb_layers[th] = layer.to(device)
+                def make_bnb():
+                    layer = bnb.nn.Linear8bitLt(K, N, has_fp16_weights=False, threshold=th)
+                    layer.load_state_dict(state)
+                    return layer.to(device)
+                bnb_layers[th] = layer_copies(make_bnb, N * K, device)
             except Exception as e:  # bitsandbytes without a backend for this device
                 print(f"  bitsandbytes Linear8bitLt unavailable on {device}: {e}")
                 break
-        lin.float()
-    for M in Ms:
-        for th in (6.0, 0.0):
-            sets = rotation(lambda i: (activations(M, K, x_dtype, device, i),), M * K * 2, device)
-            with torch.no_grad():
-                ours = bench(layers[th], sets, device)
-                anchors = {f"Linear {str(fd)[6:]}": bench(float_layers[fd], [(s[0].to(fd),) for s in sets], device, min_reps=3)
-                           for fd in float_dtypes}
-                if th in bnb_layers:  # the same inputs, in the same dtype
-                    anchors["bnb Linear8bitLt"] = bench(bnb_layers[th], sets, device, min_reps=3)
-            t.add("int8_linear", f"Int8LinearLt th={th:g} {str(x_dtype)[6:]}", f"M={M} {K}x{N}", ours, anchors)
+    for frac in outlier_fracs:
+        for M in Ms:
+            xs = [activations(M, K, x_dtype, device, i, outlier_frac=frac) for i in range(8)]
+            for th in (6.0, 0.0):
+                def pairs(mods, dtype=x_dtype):
+                    return [(m, xs[i % len(xs)].to(dtype)) for i, m in enumerate(mods)] if len(mods) > 1 else \
+                        [(mods[0], x.to(dtype)) for x in xs]
+                call = lambda m, x: m(x)  # noqa: E731
+                with torch.no_grad():
+                    ours = bench(call, pairs(layers[th]), device)
+                    anchors = {f"Linear {str(fd)[6:]}": bench(call, pairs(float_layers[fd], fd), device, min_reps=3)
+                               for fd in float_dtypes}
+                    if th in bnb_layers:  # the same inputs, in the same dtype
+                        anchors["bnb Linear8bitLt"] = bench(call, pairs(bnb_layers[th]), device, min_reps=3)
+                gbs = N * K / ours / 1e9
+                extra = f"{gbs:6.0f} GB/s w" if M <= 16 else f"{2 * M * N * K / ours / 1e12:6.1f} TOPS"
+                if ceilings and M <= 16:
+                    extra += f" ({100 * gbs / ceilings['copy_GBps']:.0f}% copy)"
+                t.add("int8_linear", f"Int8LinearLt th={th:g} {str(x_dtype)[6:]}",
+                      f"M={M} {K}x{N}" + ("" if frac else " no-outl"), ours, anchors, extra)
+
+
+def bench_ceilings(t: Table, device):
+    """What the machine can do, measured in this run: a large device-to-device copy (bytes
+    read + written per second) and a large bf16 matmul."""
+    x = torch.empty(1 << 29, dtype=torch.float16, device=device).normal_()  # 1 GiB
+    copy = bench(lambda a: a.clone(), [(x,)], device)
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm = bench(torch.mm, [(a, a.T)], device)
+    ceil = {"copy_GBps": 2 * x.numel() * 2 / copy / 1e9, "bf16_TFLOPS": 2 * 8192**3 / mm / 1e12}
+    t.add("ceiling", "copy 1 GiB", "", copy, {}, f"{ceil['copy_GBps']:6.0f} GB/s")
+    t.add("ceiling", "mm bf16", "8192^3", mm, {}, f"{ceil['bf16_TFLOPS']:6.0f} TFLOPS")
+    del x, a
+    return ceil
+
+
+def bench_bnb_functional(t: Table, device, bnb, shapes):
+    """bitsandbytes' own int8 pieces against ours, when importable on this device."""
+    try:
+        F_bnb = bnb.functional
+        for M, K, N in shapes:
+            x = activations(M, K, torch.float16, device, 0)
+            ours = bench(lambda v: ops.quantize_rowwise(v, 6.0), [(x,)], device)
+            theirs = bench(lambda v: F_bnb.int8_vectorwise_quant(v, threshold=6.0), [(x,)], device)
+            t.add("bnb", "quantize_rowwise th=6", f"{M}x{K}", ours, {"bnb int8_vectorwise_quant": theirs})
+            a = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=device)
+            b = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device)
+            ours = bench(ops.int8_matmul, [(a, b)], device)
+            theirs = bench(F_bnb.int8_linear_matmul, [(a, b)], device)
+            t.add("bnb", "int8_matmul", f"{M}x{K}x{N}", ours, {"bnb int8_linear_matmul": theirs})
+    except Exception as e:
+        print(f"  bitsandbytes functional API unavailable on {device}: {e}")
 
 
 def plot_speedup(rows, name, env, path):
@@ -134,9 +193,9 @@ def plot_speedup(rows, name, env, path):
     fig, axes = plt.subplots(1, len(thresholds), figsize=(6 * len(thresholds), 4.2), squeeze=False)
     for ax, th in zip(axes[0], thresholds):
         sel = [r for r in lin if r["op"].split()[1] == th]
-        layers = sorted({r["shape"].split()[1] for r in sel})
-        for layer in layers:
-            pts = sorted((int(r["shape"].split()[0][2:]), r) for r in sel if r["shape"].split()[1] == layer)
+        series = lambda r: " ".join(r["shape"].split()[1:])  # noqa: E731  "4096x4096[ no-outl]"
+        for layer in sorted({series(r) for r in sel}):
+            pts = sorted(((int(r["shape"].split()[0][2:]), r) for r in sel if series(r) == layer), key=lambda p: p[0])
             for anchor in pts[0][1]["vs"]:
                 ax.plot([m for m, _ in pts], [r["vs"][anchor] for _, r in pts], marker="o",
                         label=f"{layer} vs {anchor}")
@@ -176,12 +235,18 @@ def main():
                          [torch.float32])
             bench_linear(t, device, 4096, 4096, [1, 16] + ([] if args.quick else [512]), torch.float32,
                          [torch.float32, torch.bfloat16], bnb)
-        else:
+        else:  # the H100 suite of issue 3
+            ceil = bench_ceilings(t, device)
             bench_quantize(t, device, [(8192, 8192), (2048, 4096)], torch.float16)
-            bench_matmul(t, device, [(4096, 4096, 4096), (8192, 8192, 8192), (16, 4096, 4096), (2048, 4096, 11008)],
+            bench_matmul(t, device, [(8192, 8192, 8192), (4096, 4096, 4096), (16, 4096, 4096), (2048, 4096, 11008)],
                          [torch.float16, torch.bfloat16])
-            for K, N in [(4096, 4096), (4096, 11008)] + ([] if args.quick else [(11008, 4096), (4096, 14336), (8192, 28672)]):
-                bench_linear(t, device, K, N, [1, 16, 2048], torch.float16, [torch.float16, torch.bfloat16], bnb)
+            if bnb is not None:
+                bench_bnb_functional(t, device, bnb, [(16, 4096, 4096), (4096, 4096, 4096)])
+            layers = [(4096, 4096), (4096, 11008)] + ([] if args.quick else [(11008, 4096), (4096, 14336), (8192, 28672)])
+            Ms = [1, 16, 2048] if args.quick else [1, 8, 16, 128, 2048, 8192]
+            for K, N in layers:
+                bench_linear(t, device, K, N, Ms, torch.float16, [torch.float16, torch.bfloat16], bnb,
+                             outlier_fracs=(0.005, 0.0), ceilings=ceil)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
         plot_speedup(t.rows, name, env, os.path.join(HERE, "results", f"{slug}.png"))
         path = os.path.join(HERE, "results", f"{slug}.json")
