@@ -89,6 +89,15 @@ inline void check_threshold(const char* op, double threshold) {
               ": threshold must be a number (<= 0 disables outliers), got nan");
 }
 
+// An optional bias [N] in a floating dtype on the device of `ref`.
+inline void check_bias(const char* op, const c10::optional<at::Tensor>& bias, int64_t N,
+                       const at::Tensor& ref) {
+  if (!bias.has_value()) return;
+  check_float_tensor(op, "bias", *bias, 1, "[N]");
+  check_size(op, "bias", *bias, 0, N, "N");
+  check_same_device(op, "bias", *bias, ref);
+}
+
 // The dequantize epilogue's operands: scales [M] and [N] in float32, optional bias [N] and
 // add [M, N] in a floating dtype, all on the device of `ref`.
 inline void check_epilogue_args(const char* op, const at::Tensor& ref, int64_t M, int64_t N,
@@ -101,11 +110,7 @@ inline void check_epilogue_args(const char* op, const at::Tensor& ref, int64_t M
   check_tensor(op, "col_absmax", col_absmax, at::kFloat, 1, "[N]");
   check_size(op, "col_absmax", col_absmax, 0, N, "N, one scale per column");
   check_same_device(op, "col_absmax", col_absmax, ref);
-  if (bias.has_value()) {
-    check_float_tensor(op, "bias", *bias, 1, "[N]");
-    check_size(op, "bias", *bias, 0, N, "N");
-    check_same_device(op, "bias", *bias, ref);
-  }
+  check_bias(op, bias, N, ref);
   if (add.has_value()) {
     check_float_tensor(op, "add", *add, 2, "[M, N]");
     check_size(op, "add", *add, 0, M, "M");

@@ -31,11 +31,7 @@ void check_int8_linear_args(const at::Tensor& x, const at::Tensor& weight,
   check_tensor(op, "weight_absmax", weight_absmax, at::kFloat, 1, "[N]");
   check_size(op, "weight_absmax", weight_absmax, 0, N, "N, one scale per weight row");
   check_same_device(op, "weight_absmax", weight_absmax, x);
-  if (bias.has_value()) {
-    check_float_tensor(op, "bias", *bias, 1, "[N]");
-    check_size(op, "bias", *bias, 0, N, "N");
-    check_same_device(op, "bias", *bias, x);
-  }
+  check_bias(op, bias, N, x);
   check_threshold(op, threshold);
 }
 

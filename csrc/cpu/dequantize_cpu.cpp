@@ -19,15 +19,10 @@ at::Tensor dequantize_matmul_cpu(const at::Tensor& acc, const at::Tensor& row_ab
   auto out = at::empty({M, N}, acc.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   auto acc_c = acc.contiguous();
-  auto row_c = row_absmax.contiguous();
-  auto bias_f = bias_as_float(bias);
-  auto add_e = add_for_epilogue(add, out_dtype);
-  const auto col_scale = column_scales(col_absmax.contiguous());
-  EpilogueArgs e{row_c.data_ptr<float>(), col_scale.data(),
-                 bias_f ? bias_f->data_ptr<float>() : nullptr,
-                 add_e ? add_e->data_ptr() : nullptr, N};
+  const EpilogueOperands operands(row_absmax, col_absmax, bias, add, out_dtype);
+  const EpilogueArgs e = operands.args();
   const int32_t* a = acc_c.data_ptr<int32_t>();
-  dispatch_epilogue_types(out_dtype, add_e && add_e->scalar_type() == at::kFloat,
+  dispatch_epilogue_types(out_dtype, operands.add_is_float(),
                           [&]<typename OutT, typename AddT>() {
                             OutT* o = static_cast<OutT*>(out.data_ptr());
                             const int64_t grain = std::max<int64_t>(1, 16384 / N);

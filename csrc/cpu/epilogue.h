@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "../checks.h"
+
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +45,29 @@ inline std::vector<float> column_scales(const at::Tensor& col_absmax) {
   for (size_t j = 0; j < scale.size(); ++j) scale[j] = c[j] / 127.0f;
   return scale;
 }
+
+// The epilogue's operands in the form the kernels read (contiguous float32 scales and bias,
+// add in the output dtype or float32), kept alive for the duration of a call.
+class EpilogueOperands {
+ public:
+  EpilogueOperands(const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& add,
+                   at::ScalarType out_dtype)
+      : row_(row_absmax.contiguous()),
+        bias_(bias_as_float(bias)),
+        add_(add_for_epilogue(add, out_dtype)),
+        col_scale_(column_scales(col_absmax.contiguous())) {}
+  EpilogueArgs args() const {
+    return {row_.data_ptr<float>(), col_scale_.data(), bias_ ? bias_->data_ptr<float>() : nullptr,
+            add_ ? add_->data_ptr() : nullptr, static_cast<int64_t>(col_scale_.size())};
+  }
+  bool add_is_float() const { return add_ && add_->scalar_type() == at::kFloat; }
+
+ private:
+  at::Tensor row_;
+  c10::optional<at::Tensor> bias_, add_;
+  std::vector<float> col_scale_;
+};
 
 // Calls f.template operator()<OutT, AddT>() for the output dtype and the add dtype, which is
 // either the output dtype or float32 (see add_for_epilogue in checks.h).

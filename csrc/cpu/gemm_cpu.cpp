@@ -188,14 +188,9 @@ at::Tensor int8_scaled_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in
   auto out = at::empty({M, N}, a_in.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   auto a = a_in.contiguous(), b = b_in.contiguous();
-  auto row_c = row_absmax.contiguous();
-  auto bias_f = bias_as_float(bias);
-  auto add_e = add_for_epilogue(add, out_dtype);
-  const auto col_scale = column_scales(col_absmax.contiguous());
-  EpilogueArgs e{row_c.data_ptr<float>(), col_scale.data(),
-                 bias_f ? bias_f->data_ptr<float>() : nullptr,
-                 add_e ? add_e->data_ptr() : nullptr, N};
-  dispatch_epilogue_types(out_dtype, add_e && add_e->scalar_type() == at::kFloat,
+  const EpilogueOperands operands(row_absmax, col_absmax, bias, add, out_dtype);
+  const EpilogueArgs e = operands.args();
+  dispatch_epilogue_types(out_dtype, operands.add_is_float(),
                           [&]<typename OutT, typename AddT>() {
     OutT* o = static_cast<OutT*>(out.data_ptr());
     if (use_onednn(M)) {  // oneDNN's int32 result, then one dequantize pass
