@@ -12,7 +12,7 @@ FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 try:
     from hypothesis import HealthCheck, settings
 
-    settings.register_profile("ci", max_examples=500, deadline=None, derandomize=True,
+    settings.register_profile("ci", max_examples=500, deadline=None, derandomize=True, database=None,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     settings.register_profile("gpu", max_examples=1500, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
