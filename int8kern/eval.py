@@ -216,7 +216,7 @@ def evaluate(bundle: models.Bundle, methods=ALL_METHODS, text: str | None = None
     if causal and tok is not None:
         ids = tok(text, return_tensors="pt").input_ids[:, :max_tokens]
         prompt_ids = tok(prompt, return_tensors="pt").input_ids
-    else:  # random-weight GPT-2 has no tokenizer: random ids, for speed only
+    elif causal:  # random-weight GPT-2 has no tokenizer: random ids, for speed only
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, base.config.vocab_size, (1, min(max_tokens, 1024)), generator=gen)
         prompt_ids = ids[:, :8]
