@@ -113,7 +113,7 @@ def kernel_vs_sim_line(report: dict) -> str:
 def write_report(report: dict, out_dir, model: torch.nn.Module | None = None) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = report["model"]
+    name = report["model"].replace("/", "_")  # hub ids ("org/model") make file names
     paths = [out / f"{name}.json", out / f"{name}.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     samples = "".join(f"- {r['label']}: {r['sample']!r}\n" for r in report["methods"].values()
@@ -239,7 +239,7 @@ def plot_quality_vs_memory(report: dict, path: Path) -> Path:
 
 
 def plot_all(report: dict, out: Path, model: torch.nn.Module | None = None) -> list[Path]:
-    name = report["model"]
+    name = report["model"].replace("/", "_")  # hub ids ("org/model") make file names
     paths = [plot_quality_vs_memory(report, out / f"{name}_quality_vs_memory.png"),
              plot_outliers(report, out / f"{name}_outliers.png")]
     if model is not None:
