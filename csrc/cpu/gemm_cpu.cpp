@@ -3,17 +3,29 @@
 // int32 matrix never reaches memory).
 //
 // C[i, j] = sum_k a[i, k] * b[j, k]; both operands K-major (b is nn.Linear's weight).
-// Products are formed in int16 lanes and summed pairwise into int32 (AVX2 vpmaddwd):
-// |a*b + a'*b'| <= 2^15, so nothing saturates, unlike vpmaddubsw, and every step is exact.
-// a is widened to int16 once per call (M*K*2 bytes, small next to the weight); b, the weight,
-// is read as int8 and widened on the fly, so decode (M = 1..16) streams the weight once.
+// Two inner kernels, picked at run time:
+//  * AVX512-VNNI (vpdpbusd: 64 u8 x s8 products per instruction, summed by fours into int32
+//    WITHOUT saturation). It multiplies unsigned by signed bytes, so a is shifted to
+//    a + 128 (a ^ 0x80 as u8) once per call and 128 * sum_k b[j, k] is subtracted at the end:
+//    sum_k (a+128) b - 128 sum_k b = sum_k a b. Every step wraps modulo 2^32 (vpdpbusd and
+//    the vector adds do; the correction is done in uint32), and the true result fits in
+//    int32 (|C| <= K * 128 * 128 < 2^31 for K <= 131071), so the wrapped result is exact.
+//  * AVX2 (and a portable fallback): products formed in int16 lanes and summed pairwise into
+//    int32 (vpmaddwd): |a*b + a'*b'| <= 2^15, so nothing saturates, unlike vpmaddubsw. a is
+//    widened to int16 once per call; b, the weight, is widened on the fly.
+// Both read the weight as int8 straight from nn.Linear's layout, so decode (M = 1..16)
+// streams it once; neither needs a repacked copy.
 //
 // Blocking: tasks are (BLOCK_M rows of a) x (BLOCK_N rows of b); a task keeps its BLOCK_N x K
-// slice of b (128 KiB at K = 4096) in L2 and walks its rows of a in MR x NR register tiles:
-// 4 x 2 tiles hold 8 accumulators, 4 a vectors and 2 b vectors (14 of 16 ymm registers).
+// slice of b (128 KiB at K = 4096) in L2 and walks its rows of a in MR x NR register tiles
+// over K slices of BLOCK_K (a's MR rows and b's NR rows of one slice stay in L1).
+// VNNI tiles are dot products along k: each (i, j) accumulates a 16-lane vector that is
+// summed across lanes once per K slice (four at a time), so the slice is long (2048).
 //
-// Where oneDNN has a fast exact int8 GEMM (AVX512-VNNI or AMX: at::_int_mm's CPU path),
-// int8_matmul uses it for M >= 16; INT8KERN_CPU_ONEDNN=0 turns that off.
+// On AVX512-VNNI/AMX CPUs, M >= 64 goes to oneDNN's int8 GEMM (at::_int_mm), which is
+// 2.4x faster than the VNNI tiles below at M = 512 (see benchmarks/NOTES.md); its int32
+// result then takes one dequantize pass. Not for K < 16: on this project's Zen 4 CPU,
+// torch 2.14.1's _int_mm returns garbage for K = 1. INT8KERN_CPU_ONEDNN=0 turns it off.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
 #include <torch/library.h>
@@ -35,7 +47,8 @@ constexpr int NR = 2;
 constexpr int NR_GEMV = 4;  // a single row of a: four weight rows in flight instead of two
 constexpr int64_t BLOCK_N = 32;
 constexpr int64_t BLOCK_M = 128;
-constexpr int64_t BLOCK_K = 1024;  // a multiple of 16: only the last K slice has a tail
+
+// ---------------------------------------------------------------- AVX2 / portable tiles
 
 // One MR_ x NR_ tile over a K slice: c[i * ldc + j] += sum_k a[i][k] * b[j][k].
 template <int MR_, int NR_>
@@ -99,10 +112,6 @@ struct TileTable {
   }
 };
 
-const TileTable& tiles() {
-  static const TileTable table(__builtin_cpu_supports("avx2"));
-  return table;
-}
 
 // a widened to int16 once: [M, K] contiguous.
 at::Tensor widen_to_int16(const at::Tensor& a) {
@@ -115,15 +124,149 @@ at::Tensor widen_to_int16(const at::Tensor& a) {
   return a16;
 }
 
+// ---------------------------------------------------------------- AVX512-VNNI tiles
+
+#define INT8KERN_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+// GCC 12's own _mm512_extracti64x4_epi64 reads an undefined vector and warns about it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+constexpr int VNNI_MR = 4;
+constexpr int VNNI_NR = 4;
+constexpr int VNNI_NR_GEMV = 8;  // a single row of a: eight weight rows streamed at once
+
+// Lane sums of four vectors: {sum(z0), sum(z1), sum(z2), sum(z3)}. Within each 128-bit lane
+// the unpacks pair up z0/z1 and z2/z3 and the 64-bit unpacks gather one partial per vector;
+// the four lanes are then added. 13 instructions for four sums instead of ~28.
+INT8KERN_VNNI inline __m128i lane_sums4(__m512i z0, __m512i z1, __m512i z2, __m512i z3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(z0, z1), _mm512_unpackhi_epi32(z0, z1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(z2, z3), _mm512_unpackhi_epi32(z2, z3));
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  const __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// One 64-byte k step of an MR_ x NR_ tile, loading with LOAD (plain, or masked for the tail).
+// A macro, not a helper taking the accumulators by reference: GCC then keeps them on the
+// stack, a load and a store around every vpdpbusd.
+#define INT8KERN_VNNI_STEP(LOAD)                                                        \
+  {                                                                                    \
+    __m512i bv[NR_];                                                                   \
+    for (int j = 0; j < NR_; ++j) bv[j] = LOAD(b + j * ldb + k);                       \
+    for (int i = 0; i < MR_; ++i) {                                                    \
+      const __m512i av = LOAD(a + i * lda + k);                                        \
+      for (int j = 0; j < NR_; ++j)                                                    \
+        acc[i * NR_ + j] = _mm512_dpbusd_epi32(acc[i * NR_ + j], av, bv[j]);           \
+    }                                                                                  \
+  }
+
+// c[i * ldc + j] += sum_k au[i][k] * b[j][k] over one K slice (au: a + 128 as u8). The last
+// partial 64-byte step uses masked loads: the bytes past K read as 0 in both operands.
+template <int MR_, int NR_>
+INT8KERN_VNNI void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb,
+                             int64_t K, int32_t* c, int64_t ldc) {
+  __m512i acc[MR_ * NR_];
+  for (int t = 0; t < MR_ * NR_; ++t) acc[t] = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) INT8KERN_VNNI_STEP(_mm512_loadu_si512)
+  if (k < K) {
+    const __mmask64 tail = (__mmask64{1} << (K - k)) - 1;
+#define INT8KERN_LOAD_TAIL(p) _mm512_maskz_loadu_epi8(tail, p)
+    INT8KERN_VNNI_STEP(INT8KERN_LOAD_TAIL)
+#undef INT8KERN_LOAD_TAIL
+  }
+  for (int i = 0; i < MR_; ++i) {
+    int j = 0;
+    for (; j + 4 <= NR_; j += 4) {
+      __m128i* dst = reinterpret_cast<__m128i*>(c + i * ldc + j);
+      const __m128i s = lane_sums4(acc[i * NR_ + j], acc[i * NR_ + j + 1], acc[i * NR_ + j + 2],
+                                   acc[i * NR_ + j + 3]);
+      _mm_storeu_si128(dst, _mm_add_epi32(_mm_loadu_si128(dst), s));
+    }
+    for (; j < NR_; ++j) c[i * ldc + j] += _mm512_reduce_add_epi32(acc[i * NR_ + j]);
+  }
+}
+
+// sum_k b[k], exact (|sum| <= 128 K), for the u8 shift correction.
+INT8KERN_VNNI int32_t row_sum_vnni(const int8_t* b, int64_t K) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i acc = _mm512_setzero_si512();
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64) acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(b + k));
+  if (k < K) acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8((__mmask64{1} << (K - k)) - 1, b + k));
+  return _mm512_reduce_add_epi32(acc);
+}
+
+#pragma GCC diagnostic pop
+
+bool cpu_has_vnni() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
+// ---------------------------------------------------------------- the two paths
+
+// The kernel-specific parts of the blocked GEMM: how a is prepared once per call, the tile
+// functions, the K slice, and the correction applied to a finished block.
+struct Avx2Path {
+  using AType = int16_t;
+  static constexpr int kMR = MR, kNR = NR, kNRGemv = NR_GEMV;
+  static constexpr int64_t kBlockK = 1024;  // a multiple of 16: only the last slice has a tail
+  TileTable table{static_cast<bool>(__builtin_cpu_supports("avx2"))};
+  static at::Tensor prepare_a(const at::Tensor& a) { return widen_to_int16(a); }
+  TileFn tile(int mr, int nr) const { return table.fn[mr][nr]; }
+  // Nothing to correct: int16 products are the true products.
+  void finish(const int8_t*, int64_t, int64_t, int64_t, int32_t*, int64_t, int64_t) const {}
+};
+
+struct VnniPath {
+  using AType = uint8_t;
+  using Fn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+  static constexpr int kMR = VNNI_MR, kNR = VNNI_NR, kNRGemv = VNNI_NR_GEMV;
+  static constexpr int64_t kBlockK = 2048;  // a multiple of 64
+  Fn fn[VNNI_MR + 1][VNNI_NR_GEMV + 1] = {};
+  VnniPath() {
+    fn[1][1] = &tile_vnni<1, 1>; fn[1][2] = &tile_vnni<1, 2>; fn[1][3] = &tile_vnni<1, 3>;
+    fn[1][4] = &tile_vnni<1, 4>; fn[1][5] = &tile_vnni<1, 5>; fn[1][6] = &tile_vnni<1, 6>;
+    fn[1][7] = &tile_vnni<1, 7>; fn[1][8] = &tile_vnni<1, 8>;
+    fn[2][1] = &tile_vnni<2, 1>; fn[2][2] = &tile_vnni<2, 2>; fn[2][3] = &tile_vnni<2, 3>; fn[2][4] = &tile_vnni<2, 4>;
+    fn[3][1] = &tile_vnni<3, 1>; fn[3][2] = &tile_vnni<3, 2>; fn[3][3] = &tile_vnni<3, 3>; fn[3][4] = &tile_vnni<3, 4>;
+    fn[4][1] = &tile_vnni<4, 1>; fn[4][2] = &tile_vnni<4, 2>; fn[4][3] = &tile_vnni<4, 3>; fn[4][4] = &tile_vnni<4, 4>;
+  }
+  // a + 128 as u8, i.e. the sign bit flipped.
+  static at::Tensor prepare_a(const at::Tensor& a) {
+    auto au = at::empty(a.sizes(), a.options().dtype(at::kByte));
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(a.data_ptr<int8_t>());
+    uint8_t* dst = au.data_ptr<uint8_t>();
+    at::parallel_for(0, a.numel(), 1 << 16, [&](int64_t s, int64_t e) {
+      for (int64_t t = s; t < e; ++t) dst[t] = src[t] ^ 0x80u;
+    });
+    return au;
+  }
+  Fn tile(int mr, int nr) const { return fn[mr][nr]; }
+  // acc[i][j] -= 128 * sum_k b[j, k] for the block's rows i and weight rows j0..j0+nb, in
+  // uint32 arithmetic (wraps like the vector sums; the result is exact, see the top).
+  void finish(const int8_t* b, int64_t K, int64_t j0, int64_t nb, int32_t* acc, int64_t ld,
+              int64_t rows) const {
+    uint32_t corr[BLOCK_N];
+    for (int64_t jj = 0; jj < nb; ++jj)
+      corr[jj] = 128u * static_cast<uint32_t>(row_sum_vnni(b + (j0 + jj) * K, K));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t jj = 0; jj < nb; ++jj)
+        acc[r * ld + jj] = static_cast<int32_t>(static_cast<uint32_t>(acc[r * ld + jj]) - corr[jj]);
+  }
+};
+
 // Runs the blocked GEMM and hands each finished [mr, BLOCK_N] strip of int32 results to
 // sink(i0, mr, j0, nb, acc, ld_acc) while it is hot in cache.
-template <typename Sink>
-void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
+template <class Path, typename Sink>
+void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
+  using AType = typename Path::AType;
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
-  const auto a16 = widen_to_int16(a);
-  const int16_t* ap = a16.data_ptr<int16_t>();
+  const auto ap_t = Path::prepare_a(a);
+  const AType* ap = reinterpret_cast<const AType*>(ap_t.data_ptr());
   const int8_t* bp = b.data_ptr<int8_t>();
-  const TileTable& table = tiles();
   const int64_t m_blocks = (M + BLOCK_M - 1) / BLOCK_M;
   const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
   at::parallel_for(0, m_blocks * n_blocks, 1, [&](int64_t t0, int64_t t1) {
@@ -132,18 +275,19 @@ void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
       const int64_t i_begin = (t / n_blocks) * BLOCK_M, j_begin = (t % n_blocks) * BLOCK_N;
       const int64_t i_end = std::min(M, i_begin + BLOCK_M), j_end = std::min(N, j_begin + BLOCK_N);
       std::fill(acc.begin(), acc.end(), 0);
-      for (int64_t k0 = 0; k0 < K; k0 += BLOCK_K) {
-        const int64_t kc = std::min(BLOCK_K, K - k0);
-        for (int64_t i = i_begin; i < i_end; i += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i));
-          const int nr_max = mr == 1 ? NR_GEMV : NR;
+      for (int64_t k0 = 0; k0 < K; k0 += Path::kBlockK) {
+        const int64_t kc = std::min(Path::kBlockK, K - k0);
+        for (int64_t i = i_begin; i < i_end; i += Path::kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(Path::kMR, i_end - i));
+          const int nr_max = mr == 1 ? Path::kNRGemv : Path::kNR;
           for (int64_t j = j_begin; j < j_end; j += nr_max) {
             const int nr = static_cast<int>(std::min<int64_t>(nr_max, j_end - j));
-            table.fn[mr][nr](ap + i * K + k0, K, bp + j * K + k0, K, kc,
-                             acc.data() + (i - i_begin) * BLOCK_N + (j - j_begin), BLOCK_N);
+            path.tile(mr, nr)(ap + i * K + k0, K, bp + j * K + k0, K, kc,
+                              acc.data() + (i - i_begin) * BLOCK_N + (j - j_begin), BLOCK_N);
           }
         }
       }
+      path.finish(bp, K, j_begin, j_end - j_begin, acc.data(), BLOCK_N, i_end - i_begin);
       for (int64_t i = i_begin; i < i_end; i += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i));
         sink(i, mr, j_begin, j_end - j_begin, acc.data() + (i - i_begin) * BLOCK_N, BLOCK_N);
@@ -152,13 +296,25 @@ void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
   });
 }
 
-bool use_onednn(int64_t M) {
+template <typename Sink>
+void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
+  if (cpu_has_vnni()) {
+    static const VnniPath vnni;
+    gemm_blocked_with(vnni, a, b, sink);
+  } else {
+    static const Avx2Path avx2;
+    gemm_blocked_with(avx2, a, b, sink);
+  }
+}
+
+// oneDNN for the large-M GEMMs (see the top): M >= 64, K >= 16, VNNI or AMX present.
+bool use_onednn(int64_t M, int64_t K) {
   static const bool enabled = [] {
     const char* env = std::getenv("INT8KERN_CPU_ONEDNN");
     const bool allowed = !(env && std::strcmp(env, "0") == 0);
     return allowed && (at::cpu::is_avx512_vnni_supported() || at::cpu::init_amx());
   }();
-  return enabled && M >= 16;
+  return enabled && M >= 64 && K >= 16;
 }
 
 }  // namespace
@@ -168,7 +324,7 @@ at::Tensor int8_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   const int64_t M = a_in.size(0), N = b_in.size(0);
   auto a = a_in.contiguous(), b = b_in.contiguous();
   if (M == 0 || N == 0) return at::zeros({M, N}, a.options().dtype(at::kInt));
-  if (use_onednn(M)) return at::_int_mm(a, b.t());
+  if (use_onednn(M, a.size(1))) return at::_int_mm(a, b.t());
   auto out = at::empty({M, N}, a.options().dtype(at::kInt));
   int32_t* op = out.data_ptr<int32_t>();
   gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
@@ -193,7 +349,7 @@ at::Tensor int8_scaled_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in
   dispatch_epilogue_types(out_dtype, operands.add_is_float(),
                           [&]<typename OutT, typename AddT>() {
     OutT* o = static_cast<OutT*>(out.data_ptr());
-    if (use_onednn(M)) {  // oneDNN's int32 result, then one dequantize pass
+    if (use_onednn(M, a.size(1))) {  // oneDNN's int32 result, then one dequantize pass
       const auto acc = at::_int_mm(a, b.t());
       const int32_t* accp = acc.data_ptr<int32_t>();
       at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {

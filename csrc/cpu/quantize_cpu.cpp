@@ -17,8 +17,8 @@ namespace cpu {
 namespace {
 
 // The plain loops below are written so that the compiler vectorizes them; target_clones
-// builds an AVX2 copy next to the baseline one and picks at load time.
-#define INT8KERN_CLONES __attribute__((target_clones("avx2", "default")))
+// builds AVX-512 (x86-64-v4) and AVX2 copies next to the baseline one and picks at load time.
+#define INT8KERN_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 
 // Row absmax over elements with |v| < threshold (all elements when threshold <= 0); marks
 // columns with threshold <= |v| < inf in mask. NaN and Inf are never outliers: they stay in
