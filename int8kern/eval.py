@@ -280,6 +280,7 @@ def evaluate(bundle: models.Bundle, methods=ALL_METHODS, text: str | None = None
                 pre = ids[:, :prefill_tokens].to(device)
                 r["prefill_tokens_per_s"] = pre.shape[1] / timed(lambda: model(pre), device)
         elif speed:
+            r["load_avg_1min"] = evalreport.machine_info()["load_avg_1min"]
             r["ms_per_sentence"] = 1e3 * timed(lambda: run_once(model), device) / enc["input_ids"].shape[0]
         report["methods"][label] = r
         del model

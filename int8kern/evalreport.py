@@ -54,6 +54,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
     first = next(iter(report["methods"].values()), {})
     if "ms_per_token" in first or "ms_per_sentence" in first:
         cols += ["ms/token", "prefill tok/s"] if causal else ["ms/sentence"]
+        if "load_avg_1min" in first:  # other work on the machine inflates the timings
+            cols += ["load"]
     rows = []
     for r in report["methods"].values():
         cell = {"method": r["label"], "MiB": f"{r['bytes'] / 2**20:.1f}",
@@ -68,6 +70,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
         if "ms_per_token" in r:
             cell["ms/token"] = f"{r['ms_per_token']:.1f}"
             cell["prefill tok/s"] = f"{r['prefill_tokens_per_s']:.0f}"
+        if r.get("load_avg_1min") is not None:
+            cell["load"] = f"{r['load_avg_1min']:.1f}"
         if "ms_per_sentence" in r:
             cell["ms/sentence"] = f"{r['ms_per_sentence']:.2f}"
         rows.append([cell.get(c, "-") for c in cols])

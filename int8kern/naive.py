@@ -24,6 +24,7 @@ __all__ = [
     "SimLLMInt8Linear", "quantize_model_naive", "simulate_llm_int8", "replace_linears",
 ]
 
+
 def _absmax_params(Xf: torch.Tensor):
     """(scale, zero-point) of symmetric per-tensor int8: scale = 127 / max|X|, zero = 0."""
     amax = Xf.abs().max()
@@ -162,13 +163,12 @@ class NaiveInt8Linear(nn.Module):
 class SimLLMInt8Linear(nn.Module):
     """LLM.int8() in plain PyTorch float math, same contract as int8kern.Int8LinearLt.
 
-    Input columns with any |x| >= threshold (threshold > 0) are outlier columns: they are
-    multiplied in x's dtype with the dequantized int8 weight columns. All other columns are
-    quantized per row by the absmax of the row's elements below the threshold (round half
-    to even, as the kernels), multiplied with
-    the int8 weights in float32 (the products are integers, so this only rounds once the sums
-    pass 2**24, far above what real activations reach) and dequantized by
-    row_absmax/127 * weight_absmax/127. Counts outlier columns per call for the report."""
+    Input columns with any finite |x| >= threshold (threshold > 0) are outlier columns: they
+    are multiplied in x's dtype with the dequantized int8 weight columns. All other columns
+    are quantized per row by the absmax of the row's elements below the threshold (round
+    half to even, as the kernels), multiplied with the int8 weights exactly (float64 holds
+    every such sum), and dequantized by row_absmax/127 * weight_absmax/127 in float32, in
+    the order of int8kern.reference. Counts outlier columns per call for the report."""
 
     def __init__(self, layer: nn.Module, threshold: float = 6.0):
         super().__init__()
@@ -189,7 +189,7 @@ class SimLLMInt8Linear(nn.Module):
         xf = x2.float()
         a = xf.abs()
         if self.threshold > 0:
-            outlier = a >= self.threshold
+            outlier = (a >= self.threshold) & torch.isfinite(a)  # Inf/NaN stay in their row
             cols = outlier.any(dim=0).nonzero().squeeze(1)
             # bitsandbytes' (and the kernels') rule: the row absmax skips the outlier
             # *elements*; the smaller entries of an outlier column still count in it.
@@ -200,20 +200,23 @@ class SimLLMInt8Linear(nn.Module):
         self.outlier_cols_total += int(cols.numel())
         row_absmax = a.amax(dim=1)
         scale = torch.where(row_absmax > 0, _div127(row_absmax), torch.zeros_like(row_absmax))
-        xq = torch.round(xf * scale[:, None]).clamp(-127, 127)
+        xq = torch.round(xf * scale[:, None]).clamp(-127, 127).nan_to_num(nan=0.0)
         if cols.numel():
             xq.index_fill_(1, cols, 0.0)  # outlier columns go through the float path only
         # int8 x int8 products summed in float64: every such sum (< 2**53) is exact, like
-        # the kernels' int32 accumulator; float32 would round once sums pass 2**24 and, through
-        # the threshold and rounding decisions of later layers, move perplexity by ~0.1%.
+        # the kernels' int32 accumulator. float32 would round once sums pass 2**24, and any
+        # last-bit difference is amplified by the int8 rounding of the next layers (see
+        # int8kern.eval.dithered_perplexity).
         acc = (xq.double() @ self.weight.double().t()).float()
         w_scale = _over127(self.weight_absmax)
         out = acc * _over127(row_absmax)[:, None] * w_scale[None, :]
         if self.bias is not None:
             out = out + self.bias.float()
-        if cols.numel():  # the outlier columns, in x's dtype, against dequantized int8 weights
+        if cols.numel():  # the outlier columns against the dequantized int8 weights: summed
+            # in float64 and rounded once to x's dtype, the most accurate value of the product
+            # (int8kern's CPU kernel does the same, so both agree bit for bit there).
             w_cols = (self.weight[:, cols].float() * w_scale[:, None]).to(x.dtype)
-            out = out + (x2[:, cols] @ w_cols.t()).float()
+            out = out + (x2[:, cols].double() @ w_cols.double().t()).to(x.dtype).float()
         out = out.to(x.dtype)
         return out.reshape(*shape[:-1], self.out_features)
 

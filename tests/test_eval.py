@@ -17,6 +17,7 @@ from int8kern import models, naive, reference
 transformers = pytest.importorskip("transformers")
 
 TOKENS = 512  # a few hundred tokens: one perplexity window, seconds per method on 2 cores
+LONG_TOKENS = 4096
 
 
 def load_or_skip(name):
@@ -47,6 +48,15 @@ def smollm2_report(smollm2):
                        max_tokens=TOKENS, window=TOKENS, gen_tokens=6, speed=False, progress=False)
 
 
+@pytest.fixture(scope="module")
+def smollm2_long_report(smollm2):
+    # 4096 tokens for the one comparison whose expected value sits near its bound: one run
+    # of an int8 model's perplexity is one draw of its rounding noise (sd 1 to 1.6% on 512
+    # tokens, 0.2 to 0.5% on 4096; see int8kern.eval.dithered_perplexity).
+    return ev.evaluate(smollm2, ["fp32", "llm_int8"], max_tokens=LONG_TOKENS, window=1024,
+                       gen_tokens=1, speed=False, progress=False)
+
+
 # ----------------------------------------------------------------------------- no model
 
 def test_per_tensor_quantizers():
@@ -66,7 +76,9 @@ def test_per_tensor_quantizers():
 
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_simulation_is_the_reference_computation(threshold):
-    """The plain-PyTorch LLM.int8() is bit for bit int8kern's specification."""
+    """The plain-PyTorch LLM.int8() is int8kern's specification: bit for bit without
+    outliers; with them, its float64 outlier product rounded once is at least as close to
+    the exact value as the reference's float32 matmul."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(37, 200, generator=g)
     x[:, [3, 50, 51]] *= 12  # outlier columns
@@ -77,8 +89,14 @@ def test_simulation_is_the_reference_computation(threshold):
     q, absmax = reference.quantize_weight(lin.weight)
     assert torch.equal(sim.weight, q) and torch.equal(sim.weight_absmax, absmax)
     want = reference.int8_linear(x, q, absmax, lin.bias.detach(), threshold)
-    assert torch.equal(sim(x), want)
+    got = sim(x)
     assert sim.outlier_cols_total == (4 if threshold else 0)
+    if not threshold:
+        assert torch.equal(got, want)
+        return
+    exact = reference.int8_linear(x.double(), q, absmax, lin.bias.detach().double(), threshold)
+    ulp = torch.finfo(torch.float32).eps * exact.abs().max().item()
+    assert (got.double() - exact).abs().max() <= (want.double() - exact).abs().max() + ulp
 
 
 def test_same_layers_replaced_and_memory():
@@ -114,33 +132,34 @@ def test_smollm2_loads_offline_and_answers(smollm2_report):
 def test_smollm2_kernels_add_no_error(smollm2_report):
     """int8kern computes what plain PyTorch computes, on SmolLM2's real activations: at each
     of the 210 layers, fed the very same input, outputs agree to float32 rounding and the
-    outlier columns are the same.
+    outlier columns are the same; end to end, the perplexities agree within 0.5%.
 
-    This is the form of "the kernels add no error of their own" that can be tested with one
-    run. Perplexities of two implementations that differ only in float32 summation order
-    (1e-7) are *not* reliably within 0.5% of each other on 512 tokens (+0.55% measured):
-    LLM.int8()'s rounding to int8 amplifies a last-bit difference into an independent draw
-    of the rounding noise (hidden states 1e-8 apart after two layers, 5% apart at layer 15,
-    as far as from fp32), and one draw moves perplexity by 1 to 1.6% (sd) here; dithering
-    the input embeddings by one ulp moves it as much, while fp32 does not move at all. The
-    end-to-end comparison is therefore made on means over dithered runs on 4096 tokens
-    (`--dither`, +0.34%: benchmarks/results/eval), not here."""
+    The layer-by-layer check is the one that decides. The end-to-end one holds bit for bit
+    today (both sum the outlier product in float64), but two implementations that differ in
+    the last bit are *not* reliably within 0.5% on 512 tokens (+0.55% measured with an
+    earlier float32 outlier sum): LLM.int8()'s rounding to int8 amplifies a last-bit
+    difference into an independent draw of the rounding noise (hidden states 1e-8 apart
+    after two layers, 5% apart at layer 15, as far as from fp32), and one draw moves
+    perplexity by 1 to 1.6% (sd) here. If a kernel change breaks only the end-to-end bound,
+    compare means over dithered runs on 4096 tokens (`python -m int8kern.eval --dither 5`)."""
     k = smollm2_report["kernel_vs_sim_layers"]
     assert k["layers"] == 210
     assert k["max_row_rel_diff"] <= 1e-5, k
     assert k["outlier_col_mismatches"] == [], k
+    assert abs(smollm2_report["kernel_vs_sim"]) <= 0.005, smollm2_report["kernel_vs_sim"]
 
 
-def test_smollm2_perplexity(smollm2_report):
+def test_smollm2_perplexity(smollm2_report, smollm2_long_report):
     r = smollm2_report["methods"]
     ppl = {k: v["perplexity"] for k, v in r.items()}
     assert smollm2_report["tokens"] == TOKENS
     assert all(torch.isfinite(torch.tensor(list(ppl.values())))), ppl
-    # LLM.int8() at threshold 6.0 against fp32: +1.8% here with int8kern, +1.25% with the
-    # simulation. One run on 512 tokens is one draw of the rounding noise (sd ~1.5%, see
-    # above); averaged over dithered runs on 4096 tokens the cost is +1.9% for both.
-    assert ppl["llm_int8"] <= 1.03 * ppl["fp32"], ppl
-    assert ppl["llm_int8_sim"] <= 1.03 * ppl["fp32"], ppl
+    # LLM.int8() at threshold 6.0 within 3% of fp32, on 4096 tokens (+1.9% measured, mean of
+    # dithered runs). On the first 512 tokens alone the expected cost is itself ~2.5%, so a
+    # single run there is a coin toss against 3%.
+    long = {k: v["perplexity"] for k, v in smollm2_long_report["methods"].items()}
+    assert smollm2_long_report["tokens"] == LONG_TOKENS
+    assert long["llm_int8"] <= 1.03 * long["fp32"], long
     # The naive per-tensor quantizers (weights and activations) are visibly worse (+80% and
     # +49% measured): the per-row scales and the outlier decomposition are what make int8 work.
     assert ppl["absmax"] >= 1.3 * ppl["fp32"], ppl
