@@ -92,8 +92,10 @@ def test_int8_matmul_extremes_exact(device, K):
 # M <= 16 runs the 16-row decode tile, with split-K when K >= 1024 and the tiles alone cannot
 # fill the GPU: int32 partial sums are added atomically into a per-call zeroed workspace and
 # the last block of each tile applies the epilogue. Exact, so bit-identical call after call.
+# Mid sizes with few 64x64 tiles (the last three) split K the same way.
 DECODE_SHAPES = [(1, 4096, 4096), (1, 5137, 4097), (3, 5137, 5), (16, 4096, 4097), (16, 5137, 1),
-                 (3, 67, 4097), (1, 1, 5), (16, 1024, 64), (7, 8192, 64), (16, 40000, 20)]
+                 (3, 67, 4097), (1, 1, 5), (16, 1024, 64), (7, 8192, 64), (16, 40000, 20),
+                 (17, 5137, 5), (83, 5137, 1000), (127, 4096, 64)]
 
 
 def _skip_unless_cuda(device):

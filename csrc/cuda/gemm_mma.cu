@@ -108,7 +108,7 @@ struct TileConfig {
   // of 16, as cp.async 16 and ldmatrix need.
   static constexpr int kStride = BK + 16;
   static constexpr int kChunksPerRow = BK / 16;  // 16-byte chunks per tile row
-  // Shared-memory stages: int8_gemm_kernel double-buffers (2); int8_gemm_decode_kernel runs a
+  // Shared-memory stages: int8_gemm_kernel double-buffers (2); int8_gemm_splitk_kernel runs a
   // kStages-deep cp.async pipeline.
   static constexpr int kStages = kStages_;
   // __launch_bounds__ min blocks per SM: caps registers at 65536 / (kThreads * kMinBlocks)
@@ -302,9 +302,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 }
 
 // ----------------------------------------------------------------------------------------
-// Decode regime (M <= 16): one m16 row block, the weight streamed once, split-K across blocks.
+// Few output tiles (decode, M <= 16; mid sizes): a deeper pipeline and split-K across blocks.
 // ----------------------------------------------------------------------------------------
-// 16x64 block tile with 128-byte k stages (each weight row contributes one full 128 B line per
+// Decode: one m16 row block, so the weight is streamed once. 16x64 block tile with 128-byte k stages (each weight row contributes one full 128 B line per
 // stage), 4 warps side by side in n (each 16x16 = 1 x 2 mma tiles, 8 accumulators), and a
 // 4-stage cp.async pipeline: while one stage is computed, 3 x 64 x 128 B = 24 KiB of weight
 // are in flight per block, ~96 KiB per H100 SM at the 4 blocks/SM its 46 KiB of shared memory
@@ -312,8 +312,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 // pipeline covers latency even at 1-2 blocks per SM. At M = 1 only row 0 of the A tile is
 // real: A is 1/5 of the shared bytes but ~1/64 of the global bytes (zero rows are st.shared).
 using DecodeTile = TileConfig<16, 64, 16, 16, 4, 128, 4>;
+// Mid sizes (16 < M, few tiles): SmallTile's shape and warps in the split-K kernel with a
+// 3-stage pipeline (31 KiB of shared memory). 3 blocks per SM: at 4 (128 registers) sm_80
+// spills.
+using MidTile = TileConfig<64, 64, 32, 32, 3, 64, 3>;
 
-// int8_gemm_decode_kernel
+// int8_gemm_splitk_kernel
+//   Used where BigTile / SmallTile would leave SMs idle (see plan_gemm).
 //   Block tile BM x BN over one K-slice: blockIdx.z = s of gridDim.z slices covers k-tiles
 //   [s * kt_per_split, min(ktiles, (s + 1) * kt_per_split)) of BK bytes. kStages-deep
 //   cp.async pipeline: local k-tile j sits in stage j % kStages and is commit group j, and
@@ -332,7 +337,7 @@ using DecodeTile = TileConfig<16, 64, 16, 16, 4, 128, 4>;
 //   split-K min(M, BM) * BN atomics plus one counter atomic.
 template <class Cfg, bool kAligned, class Epilogue>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
-    int8_gemm_decode_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b,
+    int8_gemm_splitk_kernel(const int8_t* __restrict__ a, const int8_t* __restrict__ b,
                             int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
                             int64_t kt_per_split, int32_t* __restrict__ ws,
                             int32_t* __restrict__ counters, const Epilogue epi) {
@@ -497,56 +502,70 @@ DeviceInfo current_device_info() {
 
 // How launch_int8_gemm runs a problem. The one place that decides it: the launch and
 // int8_gemm_workspace_elems both call plan_gemm, so they agree on the split.
+enum class Family { kTiled, kDecode, kMid };
 struct GemmPlan {
-  bool decode = false;       // DecodeTile kernel (else BigTile / SmallTile)
-  int64_t split = 1;         // K-slices per output tile (gridDim.z); > 1 needs the workspace
-  int64_t kt_per_split = 0;  // DecodeTile k-tiles per slice
+  Family family = Family::kTiled;  // kTiled: int8_gemm_kernel with BigTile / SmallTile
+  int64_t split = 1;               // K-slices per output tile (gridDim.z); > 1 needs the workspace
+  int64_t kt_per_split = 0;        // k-tiles (Cfg::BK bytes) per slice
+  int64_t tiles = 0;               // output tiles of the family's Cfg (= split-K counters)
 };
 
-// Below 4 k-tiles (512 bytes of K) per slice, a block's pipeline fill, drain and atomics
-// cost more than the bytes it streams.
-constexpr int64_t kMinKTilesPerSlice = 4;
+// Below 512 bytes of K per slice, a block's pipeline fill, drain and atomics cost more than
+// the bytes it streams.
+constexpr int64_t kMinSliceBytes = 512;
+
+// Split factor for int8_gemm_splitk_kernel<Cfg>: enough blocks for at least 2 per SM, up to
+// one full wave of resident blocks; no more, since every extra slice adds M x N atomics and a
+// pipeline fill. Even slices, none empty.
+template <class Cfg>
+void choose_split(GemmPlan& plan, const Int8GemmParams& p, bool can_split) {
+  const int64_t ktiles = ceil_div<int64_t>(p.K, Cfg::BK);
+  plan.tiles = ceil_div<int64_t>(p.M, Cfg::BM) * ceil_div<int64_t>(p.N, Cfg::BN);
+  plan.split = 1;
+  plan.kt_per_split = ktiles;
+  if (!can_split) return;
+  const DeviceInfo dev = current_device_info();
+  // Blocks one SM holds at once: shared memory (1 KiB per block reserved by the runtime) or
+  // the register cap of __launch_bounds__. DecodeTile: 4 on H100, 3 on A100.
+  constexpr int64_t kSmem =
+      Cfg::kStages * (Cfg::BM + Cfg::BN) * Cfg::kStride + 4 * (Cfg::BM + Cfg::BN) + 4;
+  const int64_t resident = std::max<int64_t>(
+      1, std::min<int64_t>(Cfg::kMinBlocks, dev.smem_per_sm / (kSmem + 1024)));
+  int64_t split = std::max<int64_t>(ceil_div<int64_t>(2 * dev.sms, plan.tiles),
+                                    resident * dev.sms / plan.tiles);
+  split = std::min<int64_t>(split, ktiles / (kMinSliceBytes / Cfg::BK));
+  if (split <= 1) return;
+  // split >= 2 and ktiles >= 2 * (slice minimum) here, so kt_per_split < ktiles and the
+  // recomputed split is >= 2 with its last slice non-empty.
+  plan.kt_per_split = ceil_div<int64_t>(ktiles, split);
+  plan.split = ceil_div<int64_t>(ktiles, plan.kt_per_split);
+}
 
 GemmPlan plan_gemm(const Int8GemmParams& p, bool can_split) {
   GemmPlan plan;
-  // Decode: M fits one m16 row block, so each weight byte is read from HBM once, and the
-  // BigTile / SmallTile alternatives would pad A to 64-128 rows and leave most SMs idle.
-  if (p.M > DecodeTile::BM) return plan;
-  plan.decode = true;
-  const int64_t ktiles = ceil_div<int64_t>(p.K, DecodeTile::BK);
-  plan.kt_per_split = ktiles;
-  if (!can_split) return plan;
-  const int64_t tiles =
-      ceil_div<int64_t>(p.M, DecodeTile::BM) * ceil_div<int64_t>(p.N, DecodeTile::BN);
-  const DeviceInfo dev = current_device_info();
-  // Blocks of DecodeTile one SM holds at once (shared memory decides: 4 on H100, 3 on A100;
-  // 1 KiB per block is reserved by the runtime).
-  constexpr int64_t kSmem =
-      DecodeTile::kStages * (DecodeTile::BM + DecodeTile::BN) * DecodeTile::kStride +
-      4 * (DecodeTile::BM + DecodeTile::BN) + 4;
-  const int64_t resident =
-      std::max<int64_t>(1, std::min<int64_t>(8, dev.smem_per_sm / (kSmem + 1024)));
-  // Enough blocks for at least 2 per SM, and up to one full wave of resident blocks; no
-  // more, since every extra slice adds M x N atomics and a pipeline fill.
-  int64_t split = std::max<int64_t>(ceil_div<int64_t>(2 * dev.sms, tiles),
-                                    resident * dev.sms / tiles);
-  split = std::min<int64_t>(split, ktiles / kMinKTilesPerSlice);
-  if (split <= 1) return plan;
-  // Even slices, none empty: split >= 2 and ktiles >= 8 here, so kt_per_split < ktiles and
-  // the recomputed split is >= 2 with its last slice non-empty.
-  plan.kt_per_split = ceil_div<int64_t>(ktiles, split);
-  plan.split = ceil_div<int64_t>(ktiles, plan.kt_per_split);
-  return plan;
-}
-
-// Scratch elements for a split plan: [M, N] int32 partial sums, then one arrival counter per
-// DecodeTile output tile.
-int64_t splitk_workspace_elems(const Int8GemmParams& p) {
-  return p.M * p.N + ceil_div<int64_t>(p.M, DecodeTile::BM) * ceil_div<int64_t>(p.N, DecodeTile::BN);
+  if (p.M <= DecodeTile::BM) {
+    // Decode: M fits one m16 row block, so each weight byte is read from HBM once, and the
+    // BigTile / SmallTile alternatives would pad A to 64-128 rows and leave most SMs idle.
+    plan.family = Family::kDecode;
+    choose_split<DecodeTile>(plan, p, can_split);
+    return plan;
+  }
+  // Mid sizes (batched decode, short prompts): where SmallTile would be picked but its tiles
+  // leave SMs idle, the same tile split along K (MidTile) fills them.
+  const int64_t big_tiles = ceil_div<int64_t>(p.M, BigTile::BM) * ceil_div<int64_t>(p.N, BigTile::BN);
+  const int64_t small_tiles =
+      ceil_div<int64_t>(p.M, SmallTile::BM) * ceil_div<int64_t>(p.N, SmallTile::BN);
+  if (can_split && big_tiles < 132 && small_tiles < current_device_info().sms) {
+    GemmPlan mid;
+    mid.family = Family::kMid;
+    choose_split<MidTile>(mid, p, can_split);
+    if (mid.split > 1) return mid;
+  }
+  return plan;  // kTiled; launch_gemm_epi picks BigTile or SmallTile
 }
 
 template <class Cfg, class Epilogue>
-void launch_gemm_decode(const Int8GemmParams& p, const GemmPlan& plan, const Epilogue& epi,
+void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epilogue& epi,
                         cudaStream_t stream) {
   const int64_t tiles_m = ceil_div<int64_t>(p.M, Cfg::BM);
   const int64_t tiles_n = ceil_div<int64_t>(p.N, Cfg::BN);
@@ -555,12 +574,12 @@ void launch_gemm_decode(const Int8GemmParams& p, const GemmPlan& plan, const Epi
   int32_t* counters = ws != nullptr ? ws + p.M * p.N : nullptr;
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
                   static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)),
-                  static_cast<unsigned>(plan.split));  // <= ktiles / 4 <= 256
+                  static_cast<unsigned>(plan.split));  // <= K / 512 <= 256
   if (operands_aligned(p)) {
-    int8_gemm_decode_kernel<Cfg, true, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
+    int8_gemm_splitk_kernel<Cfg, true, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
         p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, plan.kt_per_split, ws, counters, epi);
   } else {
-    int8_gemm_decode_kernel<Cfg, false, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
+    int8_gemm_splitk_kernel<Cfg, false, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
         p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, plan.kt_per_split, ws, counters, epi);
   }
 }
@@ -583,10 +602,15 @@ void launch_gemm_cfg(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t 
 
 template <class Epilogue>
 void launch_gemm_epi(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t stream) {
-  // Decode regime (M <= 16): DecodeTile, split-K when a workspace was given.
+  // Decode regime (M <= 16): DecodeTile, split-K when a workspace was given; mid sizes with
+  // few tiles: MidTile split-K (only with a workspace).
   const GemmPlan plan = plan_gemm(p, p.workspace != nullptr);
-  if (plan.decode) {
-    launch_gemm_decode<DecodeTile>(p, plan, epi, stream);
+  if (plan.family == Family::kDecode) {
+    launch_gemm_splitk<DecodeTile>(p, plan, epi, stream);
+    return;
+  }
+  if (plan.family == Family::kMid) {
+    launch_gemm_splitk<MidTile>(p, plan, epi, stream);
     return;
   }
   // Big tiles only when they alone give about one wave on an A100/H100 (108 / 132 SMs).
@@ -602,7 +626,9 @@ void launch_gemm_epi(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t 
 
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
   if (p.M <= 0 || p.N <= 0 || p.K < 0) return 0;  // launch_int8_gemm launches nothing
-  return plan_gemm(p, /*can_split=*/true).split > 1 ? splitk_workspace_elems(p) : 0;
+  // [M, N] int32 partial sums, then one arrival counter per output tile.
+  const GemmPlan plan = plan_gemm(p, /*can_split=*/true);
+  return plan.split > 1 ? p.M * p.N + plan.tiles : 0;
 }
 
 void launch_int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {

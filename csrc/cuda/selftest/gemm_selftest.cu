@@ -148,9 +148,9 @@ static void test_gemm_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_
 }
 
 // ---------------------------------------------------------------------------------------
-// Decode regime (M <= 16: 16-row tiles, split-K through the workspace), int32 against a CPU
-// loop on random nonzero int8, launched twice on one workspace; with use_ws false, the
-// no-workspace fallback (no split) of the same kernel.
+// Few output tiles (decode M <= 16: DecodeTile; mid sizes: MidTile; split-K through the
+// workspace), int32 against a CPU loop on random nonzero int8, launched twice on one
+// workspace; with use_ws false, the no-workspace fallback (no split).
 // ---------------------------------------------------------------------------------------
 static void test_decode_int32(int64_t M, int64_t N, int64_t K, bool aligned, bool use_ws) {
   const int64_t k16 = (K + 15) / 16 * 16;
@@ -174,7 +174,7 @@ static void test_decode_int32(int64_t M, int64_t N, int64_t K, bool aligned, boo
   const Workspace ws(p);
   if (use_ws) ws.attach(p);
   char what[200];
-  std::snprintf(what, sizeof(what), "decode int32 M=%lld N=%lld K=%lld %s%s", (long long)M, (long long)N,
+  std::snprintf(what, sizeof(what), "%s int32 M=%lld N=%lld K=%lld %s%s", M <= 16 ? "decode" : "mid", (long long)M, (long long)N,
                 (long long)K, aligned ? "aligned" : "unaligned",
                 !use_ws ? " no workspace" : ws.elems > 0 ? " split-K" : "");
   // CPU reference; the sentinel 0x5a5a5a5a stays in the row padding.
@@ -456,11 +456,17 @@ int main() {
   test_decode_int32(3, 4097, 5137, true, false);
   test_decode_int32(16, 200, 40000, false, true);   // many slices, byte path
   test_decode_int32(1, 70000, 1024, true, true);    // 1094 tiles: enough blocks, no split
+  // Mid sizes with few 64x64 tiles: MidTile split-K (K tail in the last slice).
+  for (int64_t M : {17, 100})
+    for (int64_t N : {5, 1000})
+      for (bool aligned : {true, false}) test_decode_int32(M, N, 5137, aligned, true);
+  test_decode_int32(64, 4097, 1024, true, true);
 
   const DType dts[] = {DType::Float32, DType::Float16, DType::BFloat16};
   for (DType od : dts) {
     test_dequant(3, 4097, 5137, od, true, 2, true);   // decode split-K, fused epilogue
     test_dequant(16, 1000, 4096, od, true, 1, false);  // decode split-K, byte path
+    test_dequant(100, 1000, 5137, od, true, 2, true);  // mid split-K
     test_dequant(37, 45, 100, od, false, 0);
     test_dequant(37, 44, 100, od, true, 0);
     test_dequant(130, 68, 64, od, true, 1);
