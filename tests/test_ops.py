@@ -88,6 +88,84 @@ def test_int8_matmul_extremes_exact(device, K):
         assert (ops.int8_matmul(a, b) == va * vb * K).all()
 
 
+# ---------------------------------------------------------------- decode regime (CUDA)
+# M <= 16 runs the 16-row decode tile, with split-K when K >= 1024 and the tiles alone cannot
+# fill the GPU: int32 partial sums are added atomically into a per-call zeroed workspace and
+# the last block of each tile applies the epilogue. Exact, so bit-identical call after call.
+# Mid sizes with few 64x64 tiles (the last three) split K the same way.
+DECODE_SHAPES = [(1, 4096, 4096), (1, 5137, 4097), (3, 5137, 5), (16, 4096, 4097), (16, 5137, 1),
+                 (3, 67, 4097), (1, 1, 5), (16, 1024, 64), (7, 8192, 64), (16, 40000, 20),
+                 (17, 5137, 5), (83, 5137, 1000), (127, 4096, 64)]
+
+
+def _skip_unless_cuda(device):
+    if device != "cuda":
+        pytest.skip("decode tiling and split-K: CUDA only")
+
+
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=mkn_ids)
+def test_decode_int8_matmul_exact_and_repeatable(device, shape):
+    _skip_unless_cuda(device)
+    M, K, N = shape
+    a, b = randint8((M, K), device, seed=41), randint8((N, K), device, seed=42)
+    first = ops.int8_matmul(a, b)
+    assert torch.equal(first.cpu(), ref.int8_matmul(a.cpu(), b.cpu()))
+    for _ in range(2):  # same inputs again: identical output, nothing left over from before
+        assert torch.equal(ops.int8_matmul(a, b), first)
+    # Strided (unaligned) operands take the byte-load path of the same tiles.
+    a2 = randint8((M, K + 3), device, seed=43)[:, 1:K + 1]
+    b2 = randint8((N, K + 1), device, seed=44)[:, :K]
+    assert torch.equal(ops.int8_matmul(a2, b2).cpu(), ref.int8_matmul(a2.cpu(), b2.cpu()))
+
+
+@pytest.mark.parametrize("shape", [(1, 4096, 4097), (3, 5137, 64), (16, 5137, 5)], ids=mkn_ids)
+@pytest.mark.parametrize("out_dtype", FLOAT_DTYPES)
+def test_decode_scaled_matmul_repeatable(device, shape, out_dtype):
+    _skip_unless_cuda(device)
+    M, K, N = shape
+    a, b, row, col, bias, add = _epilogue_inputs(M, K, N, device, True, True, out_dtype)
+    first = ops.int8_scaled_matmul(a, b, row, col, bias, add, out_dtype)
+    acc = ref.int8_matmul(a.cpu(), b.cpu())
+    want = ref.dequantize_matmul(acc, row.cpu(), col.cpu(), bias.cpu(), add.cpu(), out_dtype)
+    assert_close_to_f64(first.cpu(), want, _epilogue_f64(acc, row, col, bias, add))
+    # The fused epilogue runs once per element on the exact int32 sum: the same bits as
+    # dequantizing the int32 result separately.
+    assert torch.equal(first, ops.dequantize_matmul(ops.int8_matmul(a, b), row, col, bias, add, out_dtype))
+    for _ in range(2):
+        assert torch.equal(ops.int8_scaled_matmul(a, b, row, col, bias, add, out_dtype), first)
+
+
+def test_decode_split_k_streams_and_graph(device):
+    _skip_unless_cuda(device)
+    M, K, N = 1, 4096, 4096  # split-K on any GPU with >= 8 SMs
+    a, b = randint8((M, K), device, seed=45), randint8((N, K), device, seed=46)
+    want = ops.int8_matmul(a, b)
+    # Two streams at once: each call has its own workspace.
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    outs = []
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            outs.append([ops.int8_matmul(a, b) for _ in range(4)])
+    for s in streams:
+        torch.cuda.current_stream().wait_stream(s)
+    assert all(torch.equal(o, want) for per_stream in outs for o in per_stream)
+    # Graph capture and replay: the workspace zeroing is captured with the kernel.
+    static_a = a.clone()
+    s = streams[0]
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        ops.int8_matmul(static_a, b)  # warm-up outside the graph
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.int8_matmul(static_a, b)
+    for seed in (47, 48, 48):
+        static_a.copy_(randint8((M, K), device, seed=seed))
+        graph.replay()
+        assert torch.equal(static_out, ops.int8_matmul(static_a, b))
+
+
 # ---------------------------------------------------------------- dequantize / scaled matmul
 
 def _epilogue_inputs(M, K, N, device, with_bias, with_add, add_dtype):

@@ -55,8 +55,19 @@ struct Int8GemmParams {
   const void* add = nullptr;          // [M, N] with row stride ld_add, or null
   DType add_dtype = DType::Float32;   // add is either out_dtype or Float32
   int64_t ld_add = 0;
+
+  // Split-K scratch for the decode regime (M <= 16): int8_gemm_workspace_elems(params) int32
+  // elements, all ZERO at launch (at::zeros: a memset on the same stream), left all zero by
+  // the launch. Private to one launch at a time: launches that may overlap (other streams)
+  // each need their own. Null: no split-K (correct, slower at small M).
+  int32_t* workspace = nullptr;
 };
 void launch_int8_gemm(const Int8GemmParams& params, cudaStream_t stream);
+
+// int32 elements of the zeroed workspace launch_int8_gemm uses for params on the current
+// device (0: none, leave params.workspace null). Depends on M, N, K and the device's SM
+// count only; call it under the same device as the launch.
+int64_t int8_gemm_workspace_elems(const Int8GemmParams& params);
 
 // Standalone dequantize of an int32 accumulator, same formula as the GEMM epilogue.
 //   acc: int32 [M, N] contiguous; out: [M, N] contiguous in out_dtype;

@@ -64,6 +64,18 @@ Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor&
   return p;
 }
 
+// Split-K scratch for launch_int8_gemm's decode regime, zeroed on the current stream (a
+// memset node under graph capture). One per call, never shared: launches on other streams
+// could overlap with this one. Returned so that it outlives the launch call; the caching
+// allocator reuses the block only after the stream's queued work.
+at::Tensor attach_gemm_workspace(Int8GemmParams& p, const at::Tensor& like) {
+  const int64_t elems = int8_gemm_workspace_elems(p);
+  if (elems == 0) return at::Tensor();
+  auto ws = at::zeros({elems}, like.options().dtype(at::kInt));
+  p.workspace = ws.data_ptr<int32_t>();
+  return ws;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::Tensor& x,
@@ -109,6 +121,7 @@ at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   auto a = a_in.contiguous(), b = b_in.contiguous();
   auto p = gemm_params(a, b, out);
   p.out_int32 = true;
+  const auto ws = attach_gemm_workspace(p, a);
   launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -132,6 +145,7 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   auto add_e = add_for_epilogue(add, out_dtype);
   auto p = gemm_params(a, b, out);
   fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
+  const auto ws = attach_gemm_workspace(p, a);
   launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -58,6 +58,23 @@ static bool same_float(float a, float b) {
   return x == y;
 }
 
+// Split-K workspace as ops_cuda.cpp makes it: int8_gemm_workspace_elems int32, zeroed once.
+// Tests launch twice on one workspace without re-zeroing it: the kernel promises to leave it
+// all zero, and a counter or partial sum left behind would corrupt the second launch.
+struct Workspace {
+  int64_t elems;
+  DevBuf<int32_t> buf;
+  explicit Workspace(const Int8GemmParams& p)
+      : elems(int8_gemm_workspace_elems(p)), buf((size_t)std::max<int64_t>(elems, 0)) {
+    CK(cudaMemset(buf.p, 0, std::max<size_t>(buf.n, 1) * sizeof(int32_t)));
+  }
+  void attach(Int8GemmParams& p) const { p.workspace = elems > 0 ? buf.p : nullptr; }
+  bool all_zero() const {
+    const auto h = buf.down();
+    return std::all_of(h.begin(), h.end(), [](int32_t v) { return v == 0; });
+  }
+};
+
 // ---------------------------------------------------------------------------------------
 // GEMM, int32 output, against a naive GPU kernel.
 // ---------------------------------------------------------------------------------------
@@ -98,19 +115,96 @@ static void test_gemm_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_
   p.b = db.p + b_off;
   p.M = M; p.N = N; p.K = K; p.lda = lda; p.ldb = ldb;
   p.out = dc.p; p.ldo = ldo; p.out_int32 = true;
-  launch_int8_gemm(p, 0);
-  CK(cudaGetLastError());
+  const Workspace ws(p);
+  ws.attach(p);
+  if (ws.elems > 0) std::strncat(what, " split-K", sizeof(what) - std::strlen(what) - 1);
   ref_gemm_kernel<<<1024, 256>>>(p.a, p.b, M, N, K, lda, ldb, dr.p, ldo);
   CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
+  std::vector<int32_t> first;
+  for (int run = 0; run < 2; ++run) {  // second run: same workspace, not re-zeroed
+    launch_int8_gemm(p, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    if (run == 0) {
+      first = dc.down();
+      CK(cudaMemset(dc.p, 0x5a, (c_elems + 64) * 4));
+    }
+  }
   const auto hc = dc.down(), hr = dr.down();
-  int64_t bad = 0;
+  int64_t bad = first == hc ? 0 : 1;
+  if (bad) std::printf("   the two launches differ\n");
+  if (!ws.all_zero()) {
+    std::printf("   workspace not all zero after the launches\n");
+    ++bad;
+  }
   for (size_t x = 0; x < hc.size(); ++x) {
     if (hc[x] != hr[x]) {  // includes the sentinel gaps between rows and after the end
       if (bad < 5) std::printf("   mismatch at flat %zu (row %lld col %lld): got %d want %d\n", x,
                                (long long)(x / ldo), (long long)(x % ldo), hc[x], hr[x]);
       ++bad;
     }
+  }
+  report(bad == 0, what);
+}
+
+// ---------------------------------------------------------------------------------------
+// Few output tiles (decode M <= 16: DecodeTile; mid sizes: MidTile; split-K through the
+// workspace), int32 against a CPU loop on random nonzero int8, launched twice on one
+// workspace; with use_ws false, the no-workspace fallback (no split).
+// ---------------------------------------------------------------------------------------
+static void test_decode_int32(int64_t M, int64_t N, int64_t K, bool aligned, bool use_ws) {
+  const int64_t k16 = (K + 15) / 16 * 16;
+  const int64_t lda = aligned ? k16 : K + 3, ldb = aligned ? k16 + 16 : K + 1, ldo = N + 5;
+  const int a_off = aligned ? 0 : 1, b_off = aligned ? 0 : 3;
+  const size_t a_bytes = (size_t)((M - 1) * lda + K) + a_off, b_bytes = (size_t)((N - 1) * ldb + K) + b_off;
+  std::vector<int8_t> ha(a_bytes), hb(b_bytes);
+  std::uniform_int_distribution<int> d(-128, 126);
+  for (auto& v : ha) { const int x = d(g_rng); v = (int8_t)(x >= 0 ? x + 1 : x); }  // nonzero
+  for (auto& v : hb) { const int x = d(g_rng); v = (int8_t)(x >= 0 ? x + 1 : x); }
+  DevBuf<int8_t> da(a_bytes), db(b_bytes);
+  da.up(ha);
+  db.up(hb);
+  const size_t c_elems = (size_t)((M - 1) * ldo + N);
+  DevBuf<int32_t> dc(c_elems);
+  Int8GemmParams p;
+  p.a = da.p + a_off;
+  p.b = db.p + b_off;
+  p.M = M; p.N = N; p.K = K; p.lda = lda; p.ldb = ldb;
+  p.out = dc.p; p.ldo = ldo; p.out_int32 = true;
+  const Workspace ws(p);
+  if (use_ws) ws.attach(p);
+  char what[200];
+  std::snprintf(what, sizeof(what), "%s int32 M=%lld N=%lld K=%lld %s%s", M <= 16 ? "decode" : "mid", (long long)M, (long long)N,
+                (long long)K, aligned ? "aligned" : "unaligned",
+                !use_ws ? " no workspace" : ws.elems > 0 ? " split-K" : "");
+  // CPU reference; the sentinel 0x5a5a5a5a stays in the row padding.
+  std::vector<int32_t> want(c_elems, 0x5a5a5a5a);
+  const int8_t* A = ha.data() + a_off;
+  const int8_t* B = hb.data() + b_off;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      int32_t acc = 0;  // |sum| <= 128 * 128 * 5137: no overflow
+      for (int64_t k = 0; k < K; ++k) acc += (int32_t)A[i * lda + k] * (int32_t)B[j * ldb + k];
+      want[i * ldo + j] = acc;
+    }
+  int64_t bad = 0;
+  for (int run = 0; run < 2; ++run) {  // second run: same workspace, not re-zeroed
+    CK(cudaMemset(dc.p, 0x5a, c_elems * 4));
+    launch_int8_gemm(p, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const auto got = dc.down();
+    for (size_t x = 0; x < c_elems; ++x) {
+      if (got[x] != want[x]) {
+        if (bad < 5) std::printf("   run %d mismatch at (%lld, %lld): got %d want %d\n", run,
+                                 (long long)(x / ldo), (long long)(x % ldo), got[x], want[x]);
+        ++bad;
+      }
+    }
+  }
+  if (!ws.all_zero()) {
+    std::printf("   workspace not all zero after the launches\n");
+    ++bad;
   }
   report(bad == 0, what);
 }
@@ -152,12 +246,14 @@ static float ref_dequant(int32_t acc, float ra, float ca, const float* bias, con
 
 // Runs the GEMM with the fused epilogue and launch_dequantize on the GEMM's int32 result; both
 // are compared with the CPU formula applied to that (already verified) int32 result.
-static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_bias, int add_mode /*0 none, 1 f32, 2 out dtype*/) {
+static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_bias, int add_mode /*0 none, 1 f32, 2 out dtype*/,
+                         bool aligned = false) {
   char what[200];
-  std::snprintf(what, sizeof(what), "dequant M=%lld N=%lld K=%lld out=%s bias=%d add=%s", (long long)M,
+  std::snprintf(what, sizeof(what), "dequant M=%lld N=%lld K=%lld out=%s bias=%d add=%s%s", (long long)M,
                 (long long)N, (long long)K, dname(out_d), (int)use_bias,
-                add_mode == 0 ? "none" : add_mode == 1 ? "f32" : dname(out_d));
-  const int64_t ld = K + 5, ldo = N + 3, ld_add = N + 7;  // odd strides: unaligned GEMM path too
+                add_mode == 0 ? "none" : add_mode == 1 ? "f32" : dname(out_d), aligned ? " aligned" : "");
+  // Odd strides by default: the unaligned GEMM path too.
+  const int64_t ld = aligned ? (K + 15) / 16 * 16 : K + 5, ldo = N + 3, ld_add = N + 7;
   std::uniform_int_distribution<int> d8(-127, 127);
   std::uniform_real_distribution<float> du(0.01f, 20.0f), dn(-3.0f, 3.0f);
   std::vector<int8_t> ha(M * ld), hb(N * ld);
@@ -188,11 +284,19 @@ static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_
   Int8GemmParams p;
   p.a = da.p; p.b = db.p; p.M = M; p.N = N; p.K = K; p.lda = ld; p.ldb = ld;
   p.out = dacc.p; p.ldo = N; p.out_int32 = true;
+  const Workspace ws(p);  // one workspace for all three launches, zeroed once
+  ws.attach(p);
+  if (ws.elems > 0) std::strncat(what, " split-K", sizeof(what) - std::strlen(what) - 1);
   launch_int8_gemm(p, 0);  // int32 acc, verified by the int32 tests
   p.out = dout.p; p.ldo = ldo; p.out_int32 = false; p.out_dtype = out_d;
   p.row_absmax = dra.p; p.col_absmax = dca.p; p.bias = use_bias ? dbias.p : nullptr;
   if (add_mode) { p.add = dadd.p; p.add_dtype = add_d; p.ld_add = ld_add; }
   launch_int8_gemm(p, 0);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto o1_first = dout.down();
+  CK(cudaMemset(dout.p, 0x77, M * ldo * os));
+  launch_int8_gemm(p, 0);  // again, same workspace: must give the same bits
   CK(cudaGetLastError());
   // launch_dequantize wants a contiguous add: repack rows.
   std::vector<float> add_c(M * N);
@@ -207,7 +311,12 @@ static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_
   CK(cudaDeviceSynchronize());
   const auto acc = dacc.down();
   const auto o1 = dout.down(), o2 = dout2.down();
-  int64_t bad = 0;
+  int64_t bad = o1 == o1_first ? 0 : 1;
+  if (bad) std::printf("   the two fused launches differ\n");
+  if (!ws.all_zero()) {
+    std::printf("   workspace not all zero after the launches\n");
+    ++bad;
+  }
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t j = 0; j < ldo; ++j) {
       if (j >= N) {  // padding must be untouched
@@ -338,8 +447,26 @@ int main() {
   test_gemm_int32(1600, 1600, 1040, 1056, 1056, 1600, 0, 0, 1);  // 128x128 tiles, K tail
   test_gemm_int32(1, 128 * 65535 + 100, 16, 16, 16, 128 * 65535 + 100, 0, 0, 0);  // grid.y loop (128x128 tiles)
 
+  // Decode regime: M <= 16, split-K (K >= 1024 on an H100-sized chip) and not, K tails in
+  // the last slice (5137), aligned and byte paths, and the no-workspace fallback.
+  for (int64_t M : {1, 3, 16})
+    for (int64_t N : {1, 5, 4097})
+      for (int64_t K : {1, 67, 4096, 5137})
+        for (bool aligned : {true, false}) test_decode_int32(M, N, K, aligned, true);
+  test_decode_int32(3, 4097, 5137, true, false);
+  test_decode_int32(16, 200, 40000, false, true);   // many slices, byte path
+  test_decode_int32(1, 70000, 1024, true, true);    // 1094 tiles: enough blocks, no split
+  // Mid sizes with few 64x64 tiles: MidTile split-K (K tail in the last slice).
+  for (int64_t M : {17, 100})
+    for (int64_t N : {5, 1000})
+      for (bool aligned : {true, false}) test_decode_int32(M, N, 5137, aligned, true);
+  test_decode_int32(64, 4097, 1024, true, true);
+
   const DType dts[] = {DType::Float32, DType::Float16, DType::BFloat16};
   for (DType od : dts) {
+    test_dequant(3, 4097, 5137, od, true, 2, true);   // decode split-K, fused epilogue
+    test_dequant(16, 1000, 4096, od, true, 1, false);  // decode split-K, byte path
+    test_dequant(100, 1000, 5137, od, true, 2, true);  // mid split-K
     test_dequant(37, 45, 100, od, false, 0);
     test_dequant(37, 44, 100, od, true, 0);
     test_dequant(130, 68, 64, od, true, 1);
