@@ -3,8 +3,9 @@
 //   q, row_absmax, cols = quantize_rowwise(x, threshold)        # q[:, cols] == 0
 //   add = x[:, cols] @ (weight[:, cols] * weight_absmax / 127).T  # 16-bit outlier part
 //   y   = int8_scaled_matmul(q, weight, row_absmax, weight_absmax, bias, add)
-// The number of outlier columns is data-dependent, so on CUDA this version reads it on the
-// host (one sync per call); the CUDA backend may register a sync-free kernel of its own.
+// The number of outlier columns is data-dependent, so on a GPU this version would read it on
+// the host (one sync per call): the CUDA backend registers its own sync-free forward instead
+// (int8_linear_cuda in cuda/ops_cuda.cpp); the CPU uses this one.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

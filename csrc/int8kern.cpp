@@ -5,12 +5,21 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "outlier_capacity.h"
+
 extern "C" {
 // `import int8kern._C` loads this shared library, which runs the static registrations below.
-// The module itself is empty: every op is reached through torch.ops.int8kern.*.
+// Every op is reached through torch.ops.int8kern.*; the module holds only OUTLIER_CAPACITY
+// (outlier_capacity.h), so that Python and the tests never repeat the number.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr &&
+      PyModule_AddIntConstant(module, "OUTLIER_CAPACITY", int8kern::kOutlierCapacity) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

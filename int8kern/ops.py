@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import _C  # noqa: F401  (loads the extension, which registers torch.ops.int8kern.*)
+from . import _C  # loads the extension, which registers torch.ops.int8kern.*
 
 __all__ = [
     "quantize_rowwise",
@@ -22,6 +22,12 @@ __all__ = [
 ]
 
 _ops = torch.ops.int8kern
+
+#: Outlier columns the CUDA int8_linear multiplies on its fast path, a fixed-shape cuBLAS
+#: product that needs no host synchronisation (CUDA-graph capturable). More outlier columns are
+#: still handled, correctly and without a sync, by a slower spill kernel. Read from the
+#: extension (C++: csrc/outlier_capacity.h) so that the number lives in one place.
+OUTLIER_CAPACITY: int = _C.OUTLIER_CAPACITY
 
 
 def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,6 +85,10 @@ def int8_linear(
     dequantized weight columns; the rest goes through the exact int8 GEMM. threshold <= 0
     is plain vector-wise int8. Differentiable with respect to x and bias (the int8 weight is
     frozen, as in bitsandbytes' Linear8bitLt with has_fp16_weights=False).
+
+    On CUDA the forward (and the backward) never synchronises with the host, so it can be
+    captured in a CUDA graph: the outlier count stays on the device, up to OUTLIER_CAPACITY
+    outlier columns go through a fixed-shape cuBLAS product, and more through a slower kernel.
     """
     return _ops.int8_linear(x, weight, weight_absmax, bias, float(threshold))
 

@@ -59,3 +59,12 @@ def assert_close_to_f64(out, ref_same_dtype, ref_f64, factor=2.0, atol=1e-6):
     ulp = torch.finfo(out.dtype).eps * (ref_f64[finite].abs().max().item() if finite.any() else 0.0)
     assert e <= factor * r + ulp + atol, \
         f"kernel error {e:.3g} > {factor} x plain-PyTorch error {r:.3g} + one ulp {ulp:.3g} + {atol}"
+
+
+def linear_f64(x, weight, absmax, bias):
+    """y = x @ dequant(weight).T + bias in float64, on the CPU: what LLM.int8() approximates. A
+    kernel's error against it must stay within twice the reference's (both quantize x the same
+    way): assert_close_to_f64(y, reference.int8_linear(...), linear_f64(...))."""
+    w = weight.cpu().double() * (absmax.cpu().double()[:, None] / 127)
+    out = x.cpu().double() @ w.T
+    return out + bias.cpu().double() if bias is not None else out

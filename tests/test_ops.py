@@ -4,7 +4,7 @@ import torch
 
 from int8kern import ops, reference as ref
 
-from conftest import FLOAT_DTYPES, assert_close_to_f64, randint8, randn
+from conftest import FLOAT_DTYPES, assert_close_to_f64, linear_f64, randint8, randn
 
 # (M, K, N) sampled from M in {0, 1, 7, 83, 4096}, K in {1, 3, 16, 67, 768, 5137},
 # N in {1, 5, 64, 4097}: every value appears; CPU time stays reasonable.
@@ -216,14 +216,6 @@ def test_bias_in_any_float_dtype(device):
 
 # ---------------------------------------------------------------- int8_linear
 
-def _linear_f64(x, weight, absmax, bias):
-    """y = x @ dequant(weight).T + bias in float64: what LLM.int8() approximates. The kernel's
-    error against it must stay within twice the reference's (both quantize x the same way)."""
-    w = weight.cpu().double() * (absmax.cpu().double()[:, None] / 127)
-    out = x.cpu().double() @ w.T
-    return out + bias.cpu().double() if bias is not None else out
-
-
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("lead,K,N", [((0,), 67, 5), ((1,), 1, 1), ((7,), 67, 64), ((2, 3), 768, 5),
                                       ((83,), 5137, 64), ((4, 1, 5), 16, 4097)])
@@ -239,7 +231,7 @@ def test_int8_linear(device, dtype, lead, K, N, threshold, with_bias):
     y = ops.int8_linear(x, weight, absmax, bias, threshold)
     y_ref = ref.int8_linear(x.cpu(), weight.cpu(), absmax.cpu(), None if bias is None else bias.cpu(), threshold)
     assert y.shape == (*lead, N) and y.dtype == dtype and y.device.type == device
-    assert_close_to_f64(y.cpu(), y_ref, _linear_f64(x, weight, absmax, bias), atol=1e-5)
+    assert_close_to_f64(y.cpu(), y_ref, linear_f64(x, weight, absmax, bias), atol=1e-5)
 
 
 def test_int8_linear_approximates_float_linear(device):

@@ -9,7 +9,7 @@ from torch import nn
 import int8kern
 from int8kern import Int8LinearLt, ops, quantize_model, reference as ref
 
-from conftest import FLOAT_DTYPES, randn
+from conftest import FLOAT_DTYPES, assert_close_to_f64, gen, linear_f64, randn
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -164,27 +164,111 @@ def test_non_default_stream():
     assert torch.equal(got, want)
 
 
+def _x_with_outliers(shape, dtype, seed, outlier_cols):
+    """Standard normal x on CUDA (|x| >= 6 has probability 2e-9: no outliers of its own) plus,
+    in each listed column, one entry of magnitude 8..20 in a row and with a sign picked by the
+    seed: with threshold 6 the outlier columns are exactly `outlier_cols`."""
+    x = randn(shape, torch.float32, "cpu", seed=seed)
+    cols = torch.as_tensor(list(outlier_cols), dtype=torch.long)
+    if cols.numel():
+        g = gen(seed + 1000)
+        rows = torch.randint(0, shape[0], (cols.numel(),), generator=g)
+        sign = torch.where(torch.rand(cols.numel(), generator=g) < 0.5, -1.0, 1.0)
+        x[rows, cols] = sign * (8 + 12 * torch.rand(cols.numel(), generator=g))
+    return x.to(dtype=dtype, device="cuda")
+
+
+def _outlier_cases(K):
+    """(seed, outlier columns) for K >= 2 * (OUTLIER_CAPACITY + 37): a few, none, exactly the capacity,
+    one past it, 37 past it (the spill kernel's cases), and every column."""
+    cap = ops.OUTLIER_CAPACITY
+    spread = list(range(0, K, 2))
+    return [(19, [3, 50, 51]), (20, []), (24, spread[:cap]), (25, spread[:cap + 1]),
+            (26, spread[:cap + 37]), (27, [0, K - 1]), (28, range(K))]
+
+
 @needs_cuda
-@pytest.mark.parametrize("threshold", [
-    0.0,
-    pytest.param(6.0, marks=pytest.mark.xfail(reason="the first CUDA version reads the outlier count on the host "
-                                                     "(nonzero); the sync-free forward is issue 3's")),
-])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_cuda_graph_replay(threshold):
-    w, absmax = ref.quantize_weight(randn((64, 128), torch.float32, "cuda", seed=17))
-    static_x = randn((8, 128), torch.float16, "cuda", seed=18)
+    """Captured once (with two outlier columns), replayed on inputs whose outlier columns differ
+    every time, up to more than the fast path's capacity: nothing may depend on the count seen at
+    capture. Every replay equals a fresh eager call bit for bit, and the reference."""
+    K = 3 * ops.OUTLIER_CAPACITY + 5  # odd: the quantize kernel's scalar path, a mask tail
+    M, N = 8, 64
+    w, absmax = ref.quantize_weight(randn((N, K), torch.float32, "cuda", seed=17, scale=0.05))
+    bias = randn((N,), torch.float16, "cuda", seed=29)
+    static_x = _x_with_outliers((M, K), torch.float16, 18, [5, 77])
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        ops.int8_linear(static_x, w, absmax, None, threshold)  # warm-up outside the graph
+        ops.int8_linear(static_x, w, absmax, bias, threshold)  # warm-up outside the graph
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_y = ops.int8_linear(static_x, w, absmax, None, threshold)
-    for seed in (19, 20):
-        static_x.copy_(randn((8, 128), torch.float16, "cuda", seed=seed))
+        static_y = ops.int8_linear(static_x, w, absmax, bias, threshold)
+    for seed, cols in _outlier_cases(K):
+        x = _x_with_outliers((M, K), torch.float16, seed, cols)
+        static_x.copy_(x)
         graph.replay()
-        torch.testing.assert_close(static_y, ops.int8_linear(static_x, w, absmax, None, threshold), rtol=0, atol=0)
+        eager = ops.int8_linear(x, w, absmax, bias, threshold)
+        torch.testing.assert_close(static_y, eager, rtol=0, atol=0, msg=f"replay vs eager, outlier columns {cols}")
+        y_ref = ref.int8_linear(x.cpu(), w.cpu(), absmax.cpu(), bias.cpu(), threshold)
+        assert_close_to_f64(static_y.cpu(), y_ref, linear_f64(x, w, absmax, bias), atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("n_outliers", ["few", "over_capacity"])
+def test_cuda_forward_and_backward_never_sync(threshold, n_outliers):
+    """torch's sync debug mode raises on any host synchronisation (.item(), nonzero(), a
+    blocking copy) inside int8kern's CUDA forward and its backward."""
+    K = 3 * ops.OUTLIER_CAPACITY + 5
+    cols = [3, 50, 51] if n_outliers == "few" else range(0, K, 2)
+    w, absmax = ref.quantize_weight(randn((40, K), torch.float32, "cuda", seed=30, scale=0.05))
+    bias = randn((40,), torch.float32, "cuda", seed=31).requires_grad_()
+    x = _x_with_outliers((10, K), torch.float32, 32, cols).reshape(2, 5, K).requires_grad_()
+    g = randn((2, 5, 40), torch.float32, "cuda", seed=33)
+    # Warm-up: lazy initialisation (cuBLAS handles, autograd's device threads) may sync once.
+    ops.int8_linear(x, w, absmax, bias, threshold).backward(g)
+    x.grad = bias.grad = None
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = ops.int8_linear(x, w, absmax, bias, threshold)
+        y.backward(g)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    y_ref = ref.int8_linear(x.detach().cpu(), w.cpu(), absmax.cpu(), bias.detach().cpu(), threshold)
+    assert_close_to_f64(y.detach().cpu(), y_ref, linear_f64(x.detach(), w, absmax, bias.detach()), atol=1e-5)
+    assert x.grad is not None and bias.grad is not None
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n_outliers", ["capacity", "capacity+1", "capacity+37", "every_column"])
+def test_cuda_more_outlier_columns_than_capacity(dtype, n_outliers):
+    """Past OUTLIER_CAPACITY outlier columns the spill kernel takes over the outlier product: the
+    result stays within the usual tolerance of the reference (odd M and N: partial spill tiles)."""
+    cap = ops.OUTLIER_CAPACITY
+    M, N = 67, 129
+    w_float = randn((N, 3 * cap + 5), torch.float32, "cuda", seed=41, scale=0.05)
+    bias = randn((N,), dtype, "cuda", seed=42)
+    if n_outliers == "every_column":
+        K = cap + 37
+        x = randn((M, K), torch.float32, "cuda", seed=43)
+        x = torch.where(x < 0, x - 7, x + 7).to(dtype)  # |x| >= 7 everywhere: int8 part all 0
+    else:
+        K = 3 * cap + 5
+        n = {"capacity": cap, "capacity+1": cap + 1, "capacity+37": cap + 37}[n_outliers]
+        x = _x_with_outliers((M, K), dtype, 44, range(1, K, 2)[:n])
+    weight, absmax = ref.quantize_weight(w_float[:, :K].contiguous())
+    q, _, cols = ops.quantize_rowwise(x, 6.0)
+    assert cols.numel() == (K if n_outliers == "every_column" else n)
+    y = ops.int8_linear(x, weight, absmax, bias, 6.0)
+    y_ref = ref.int8_linear(x.cpu(), weight.cpu(), absmax.cpu(), bias.cpu(), 6.0)
+    assert y.dtype == dtype and y.shape == (M, N)
+    assert_close_to_f64(y.cpu(), y_ref, linear_f64(x, weight, absmax, bias), atol=1e-5)
 
 
 @pytest.mark.parametrize("device_", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cuda_runtime_api.h>
 
+#include "../outlier_capacity.h"
+
 namespace int8kern {
 namespace cuda {
 
@@ -33,6 +35,49 @@ void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K,
 // q[:, cols[c]] = 0 for c in [0, n_cols). q: int8 [M, K] contiguous.
 void launch_zero_columns(int8_t* q, int64_t M, int64_t K, const int64_t* cols, int64_t n_cols,
                          cudaStream_t stream);
+
+// ---- the sync-free outlier path of int8_linear (outliers.cu) ----
+// The outlier count lives only in device memory (n_cols); every kernel below reads it there,
+// so the host never waits and the sequence can be captured in a CUDA graph.
+
+// Turns the byte mask of launch_quantize_rowwise (uint8 [K], nonzero = outlier column) into
+// the ascending column list cols[0, n) (int32 [K], entries past n are left unwritten) and
+// *n_cols = n (int32 scalar). One block; K <= 131071 (checks.h kMaxK) so int32 holds it.
+void launch_compact_columns(const uint8_t* mask, int64_t K, int32_t* cols, int32_t* n_cols,
+                            cudaStream_t stream);
+
+// Operands of the outlier kernels; T below is `dtype`, x's dtype.
+struct OutlierParams {
+  DType dtype = DType::Float32;
+  const void* x = nullptr;  // [M, K], row stride ldx (elements)
+  int64_t M = 0, K = 0, ldx = 0;
+  int8_t* q = nullptr;  // int8 [M, K] contiguous (launch_quantize_rowwise's output)
+  const int8_t* weight = nullptr;  // int8 [N, K], row stride ldw
+  int64_t N = 0, ldw = 0;
+  const float* weight_absmax = nullptr;  // float32 [N]
+  const int32_t* cols = nullptr;         // launch_compact_columns' list and count
+  const int32_t* n_cols = nullptr;
+  void* x_out = nullptr;  // [M, kOutlierCapacity] contiguous, T
+  void* w_out = nullptr;  // [N, kOutlierCapacity] contiguous, T
+  void* add = nullptr;    // [M, N] row stride ld_add, T
+  int64_t ld_add = 0;
+};
+
+// With n = *n_cols and CAP = kOutlierCapacity:
+//   q[:, cols[c]] = 0 for every c < n;
+//   x_out[m, c] = x[m, cols[c]] for c < min(n, CAP), 0 beyond;
+//   w_out[j, c] = T(float(weight[j, cols[c]]) * (weight_absmax[j] / 127)) for c < min(n, CAP),
+//                 0 beyond (float32, true division, rounded once: the reference's formula).
+// Then x_out @ w_out.T is the outlier product when n <= CAP (the zero columns add exact 0s).
+void launch_gather_outliers(const OutlierParams& p, cudaStream_t stream);
+
+// When n = *n_cols > CAP (it returns at once otherwise):
+//   add[m, j] = T(sum_{c < n} float(x[m, cols[c]]) * float(w_deq[j, cols[c]]))
+// with w_deq as in w_out above, the sum in float32 in ascending c: the whole outlier product,
+// rounded once, overwriting the truncated cuBLAS product (which must precede it on the stream).
+// max_blocks bounds the grid (a small multiple of the SM count): with n <= CAP, the common
+// case, the launch is that many blocks that each read one int and exit.
+void launch_outlier_spill(const OutlierParams& p, int max_blocks, cudaStream_t stream);
 
 // C = A @ B.T on int8 tensor cores (mma.sync.m16n8k32.s32.s8.s8.s32, sm_80+), exact int32
 // accumulation, with either an int32 output or the fused dequantize epilogue:

@@ -173,12 +173,97 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
   return out;
 }
 
+// The LLM.int8() forward with no host synchronisation, so that it can be captured in a CUDA
+// graph (int8_linear_composite reads the outlier count on the host through nonzero()):
+//   quantize (outlier byte mask) -> compact the mask into cols + n_cols on the device ->
+//   gather (zero q's outlier columns; x_out [M, CAP], w_out [N, CAP], zero-padded) ->
+//   add = x_out @ w_out.T (cuBLAS, fixed shapes, x's dtype) -> spill (only if n > CAP: the
+//   whole outlier product recomputed on CUDA cores and rounded once, overwriting add) ->
+//   int8 GEMM with the dequantize epilogue, add and bias applied in float32, rounded once.
+// CAP = kOutlierCapacity (csrc/outlier_capacity.h). Everything is allocated with at::empty /
+// at::zeros on x's device (the caching allocator is graph-safe); no count ever reaches the
+// host. threshold <= 0: the quantize kernel and the GEMM only.
+at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& weight_absmax, const c10::optional<at::Tensor>& bias,
+                            double threshold) {
+  const char* op = "int8_linear";
+  check_int8_linear_args(x, weight, weight_absmax, bias, threshold);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1), N = weight.size(0);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  const auto x2 = x.reshape({-1, K}).contiguous();
+  const int64_t M = x2.size(0);
+  auto y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y.view(out_shape);
+  check_tensor_cores(op, x);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto w = weight.contiguous();
+  const auto w_absmax = weight_absmax.contiguous();
+  const DType dtype = to_dtype(x.scalar_type());
+
+  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
+  const bool find_outliers = threshold > 0.0;
+  auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
+  launch_quantize_rowwise(x2.data_ptr(), dtype, M, K, x2.stride(0), static_cast<float>(threshold),
+                          q.data_ptr<int8_t>(), row_absmax.data_ptr<float>(),
+                          find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  c10::optional<at::Tensor> add;
+  if (find_outliers) {
+    auto cols = at::empty({K}, x.options().dtype(at::kInt));
+    auto n_cols = at::empty({}, x.options().dtype(at::kInt));
+    launch_compact_columns(mask.data_ptr<uint8_t>(), K, cols.data_ptr<int32_t>(),
+                           n_cols.data_ptr<int32_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    auto x_out = at::empty({M, kOutlierCapacity}, x.options());
+    auto w_out = at::empty({N, kOutlierCapacity}, x.options());
+    OutlierParams p;
+    p.dtype = dtype;
+    p.x = x2.data_ptr();
+    p.M = M;
+    p.K = K;
+    p.ldx = x2.stride(0);
+    p.q = q.data_ptr<int8_t>();
+    p.weight = w.data_ptr<int8_t>();
+    p.N = N;
+    p.ldw = w.stride(0);
+    p.weight_absmax = w_absmax.data_ptr<float>();
+    p.cols = cols.data_ptr<int32_t>();
+    p.n_cols = n_cols.data_ptr<int32_t>();
+    p.x_out = x_out.data_ptr();
+    p.w_out = w_out.data_ptr();
+    launch_gather_outliers(p, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+    // In x's dtype, as the reference's outlier product; zero columns past the count add 0.
+    auto product = at::mm(x_out, w_out.t()).contiguous();
+    p.add = product.data_ptr();
+    p.ld_add = product.stride(0);
+    int sms = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
+    launch_outlier_spill(p, 2 * sms, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    add = product;
+  }
+
+  auto bias_f = bias_as_float(bias);
+  auto gp = gemm_params(q, w, y);
+  fill_epilogue(gp, row_absmax, w_absmax, bias_f, add, x.scalar_type());
+  launch_int8_gemm(gp, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return y.view(out_shape);
+}
+
 TORCH_LIBRARY_IMPL(int8kern, CUDA, m) {
   m.impl("quantize_rowwise", &quantize_rowwise_cuda);
   m.impl("int8_matmul", &int8_matmul_cuda);
   m.impl("int8_scaled_matmul", &int8_scaled_matmul_cuda);
   m.impl("dequantize_matmul", &dequantize_matmul_cuda);
-  m.impl("int8_linear", &int8_linear_composite);
+  m.impl("int8_linear", &int8_linear_cuda);
 }
 
 }  // namespace cuda

@@ -3,7 +3,7 @@
 //   nvcc -std=c++17 -O2 -Icsrc -Xcompiler -ffp-contract=off
 //     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
 //     csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/quantize.cu
-//     csrc/cuda/dequantize.cu -o /tmp/selftest && /tmp/selftest
+//     csrc/cuda/dequantize.cu csrc/cuda/outliers.cu -o /tmp/selftest && /tmp/selftest
 // Exit status 0 when every check passes. All comparisons are exact (bitwise for floats, NaN
 // matching NaN): the kernels promise the same float32 operations as the CPU references here
 // (-ffp-contract=off keeps the host compiler from fusing them into FMAs).
@@ -418,6 +418,121 @@ static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_o
   report(dq.down() == want, what);
 }
 
+// ---------------------------------------------------------------------------------------
+// The sync-free int8_linear's outlier path (outliers.cu): compaction of the mask, gather, spill,
+// against the CPU. Compaction and gather are exact; the spill's float32 sum is held to its
+// rounding-error bound.
+// ---------------------------------------------------------------------------------------
+// n_out distinct random outlier columns of K; mask_off moves the mask off 16-byte alignment
+// (the compaction's byte path). Rows of x and of the weight are padded (ldx, ldw > K).
+static void test_outliers(DType d, int64_t M, int64_t N, int64_t K, int64_t n_out, int mask_off) {
+  constexpr int CAP = int8kern::kOutlierCapacity;
+  char what[200];
+  std::snprintf(what, sizeof(what), "outliers %s M=%lld N=%lld K=%lld n_out=%lld mask_off=%d", dname(d),
+                (long long)M, (long long)N, (long long)K, (long long)n_out, mask_off);
+  const int64_t ldx = K + 3, ldw = K + 1;
+  std::vector<int64_t> perm(K);
+  for (int64_t k = 0; k < K; ++k) perm[k] = k;
+  std::shuffle(perm.begin(), perm.end(), g_rng);
+  std::vector<uint8_t> hmask(K + mask_off, 0);
+  for (int64_t i = 0; i < n_out; ++i) hmask[mask_off + perm[i]] = 1;
+  std::vector<int32_t> want_cols;
+  for (int64_t k = 0; k < K; ++k) if (hmask[mask_off + k]) want_cols.push_back((int32_t)k);
+  const int64_t n = (int64_t)want_cols.size(), n_cap = std::min<int64_t>(n, CAP);
+
+  std::normal_distribution<float> dn(0.0f, 4.0f);
+  std::uniform_int_distribution<int> di(-127, 127), dq(1, 127);
+  std::uniform_real_distribution<float> da(0.5f, 2.0f);
+  std::vector<float> x((M - 1) * ldx + K);
+  for (auto& v : x) v = round_to(d, dn(g_rng));
+  std::vector<int8_t> w((N - 1) * ldw + K), q(M * K);
+  for (auto& v : w) v = (int8_t)di(g_rng);
+  for (auto& v : q) v = (int8_t)dq(g_rng);  // nonzero: zeroing shows
+  std::vector<float> absmax(N);
+  for (auto& v : absmax) v = da(g_rng);
+
+  const int s = dtype_size(d);
+  DevBuf<uint8_t> dmask(hmask.size()), dx(x.size() * s), dxo(M * CAP * s), dwo(N * CAP * s), dadd(M * N * s);
+  DevBuf<int8_t> dw(w.size()), dqv(q.size());
+  DevBuf<float> dabs(N);
+  DevBuf<int32_t> dcols(K), dn_cols(1);
+  dmask.up(hmask);
+  dx.up(encode(d, x));
+  dw.up(w);
+  dqv.up(q);
+  dabs.up(absmax);
+  CK(cudaMemset(dcols.p, 0xff, K * 4));
+  CK(cudaMemset(dadd.p, 0x5a, M * N * s));  // sentinel: the spill writes only when n > CAP
+
+  OutlierParams p;
+  p.dtype = d;
+  p.x = dx.p; p.M = M; p.K = K; p.ldx = ldx;
+  p.q = dqv.p;
+  p.weight = dw.p; p.N = N; p.ldw = ldw;
+  p.weight_absmax = dabs.p;
+  p.cols = dcols.p; p.n_cols = dn_cols.p;
+  p.x_out = dxo.p; p.w_out = dwo.p;
+  p.add = dadd.p; p.ld_add = N;
+  launch_compact_columns(dmask.p + mask_off, K, dcols.p, dn_cols.p, 0);
+  launch_gather_outliers(p, 0);
+  launch_outlier_spill(p, 3, 0);  // a tiny grid: the tile loop strides
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+
+  int64_t bad = 0;
+  const auto got_n = dn_cols.down();
+  const auto got_cols = dcols.down();
+  if (got_n[0] != n) {
+    std::printf("   n_cols: got %d want %lld\n", got_n[0], (long long)n);
+    ++bad;
+  }
+  for (int64_t c = 0; c < n && bad == 0; ++c) bad += got_cols[c] != want_cols[c];
+  if (bad) { report(false, what); return; }
+
+  auto want_q = q;
+  for (int64_t i = 0; i < M; ++i) for (int32_t c : want_cols) want_q[i * K + c] = 0;
+  bad += dqv.down() != want_q;
+  const auto xo = dxo.down(), wo = dwo.down();
+  std::vector<float> w_deq(N * n);  // the reference's formula, rounded to d
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t c = 0; c < n; ++c)
+      w_deq[j * n + c] = round_to(d, (float)w[j * ldw + want_cols[c]] * (absmax[j] / 127.0f));
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t c = 0; c < CAP; ++c) {
+      const float want = c < n_cap ? x[i * ldx + want_cols[c]] : 0.0f;
+      if (!same_float(decode(d, &xo[(i * CAP + c) * s]), want)) ++bad;
+    }
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t c = 0; c < CAP; ++c) {
+      const float want = c < n_cap ? w_deq[j * n + c] : 0.0f;
+      if (!same_float(decode(d, &wo[(j * CAP + c) * s]), want)) ++bad;
+    }
+  const auto add = dadd.down();
+  if (n <= CAP) {
+    for (auto b : add) bad += b != 0x5a;
+  } else {
+    // |float32 sum - exact| <= n * 2^-24 * sum|terms| (recursive summation with FMA), plus the
+    // final rounding to d (unit roundoff 2^-11 for f16, 2^-8 for bf16).
+    const double u = d == DType::Float16 ? std::ldexp(1.0, -11) : d == DType::BFloat16 ? std::ldexp(1.0, -8) : 0.0;
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double sum = 0.0, mag = 0.0;
+        for (int64_t c = 0; c < n; ++c) {
+          const double t = (double)x[i * ldx + want_cols[c]] * (double)w_deq[j * n + c];
+          sum += t;
+          mag += std::fabs(t);
+        }
+        const double got = decode(d, &add[(i * N + j) * s]);
+        const double tol = (u + (double)n * std::ldexp(1.0, -24)) * (mag + std::fabs(sum)) + 1e-30;
+        if (!(std::fabs(got - sum) <= tol)) {
+          if (bad < 5) std::printf("   add(%lld, %lld): got %g want %g\n", (long long)i, (long long)j, got, sum);
+          ++bad;
+        }
+      }
+  }
+  report(bad == 0, what);
+}
+
 int main() {
   int dev = 0;
   cudaDeviceProp prop;
@@ -487,6 +602,17 @@ int main() {
       test_quantize(d, 5000, 8, 8, 0, thr);        // many short rows
     }
   }
+
+  const int64_t cap = int8kern::kOutlierCapacity;
+  for (DType d : dts) {
+    test_outliers(d, 37, 45, 300, 0, 0);          // no outliers: zero padding only
+    test_outliers(d, 37, 45, 300, 5, 1);          // a few; misaligned mask: byte loads
+    test_outliers(d, 37, 45, 300, cap, 0);        // exactly the capacity: no spill
+    test_outliers(d, 70, 130, 300, cap + 1, 0);   // spill, partial 64x64 tiles
+    test_outliers(d, 70, 130, 300, 300, 3);       // every column
+  }
+  test_outliers(DType::Float16, 5, 7, 131071, 1000, 0);  // K max: 8 compaction chunks
+  test_outliers(DType::Float32, 1, 1, 1, 1, 0);
 
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
   return g_failures ? 1 : 0;
