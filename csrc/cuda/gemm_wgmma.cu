@@ -398,18 +398,27 @@ bool encode_operand_map(CUtensorMap* m, const int8_t* base, int64_t rows, int64_
 
 // Per device, computed once: 0 = not yet known, -1 = the wgmma kernel cannot run there,
 // n > 0 = it can, on n SMs. Usable means: compute capability exactly 9.0 (sm_90a code runs on
-// 9.0 only), enough opt-in shared memory, and the loaded kernel image built from compute_90a
-// (ptxVersion 90; a build without 9.0a would JIT the compute_80 PTX, whose body traps). The
+// 9.0 only), enough opt-in shared memory, and the loaded kernel image built for sm_90a (a build
+// without 9.0a would load a 9.0 cubin or JIT the compute_80 PTX: both bodies trap). The
 // dynamic shared-memory limit of both kernel instantiations is raised here, once per device.
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_device_state[kMaxDevices];
 
+// Which body the runtime loaded for this device. ptxVersion alone cannot tell a 9.0a image from
+// a plain 9.0 one (TORCH_CUDA_ARCH_LIST=9.0 without the "a": both report 90, and the 9.0 body
+// is the trap). The register count can, without a device round trip: the real body needs the
+// 168 registers its launch bounds allow (ptxas -v), the trap a handful.
+struct KernelImage {
+  int ptx_version, num_regs;
+  bool is_sm90a_body() const { return ptx_version >= 90 && num_regs >= 64; }
+};
+
 template <class Epilogue>
-bool prepare_kernel(int* ptx_version) {
+bool prepare_kernel(KernelImage* img) {
   const auto kernel = int8_gemm_wgmma_kernel<Epilogue>;
   cudaFuncAttributes attr{};
   if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) return false;
-  *ptx_version = attr.ptxVersion;
+  *img = KernelImage{attr.ptxVersion, attr.numRegs};
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               WgmmaTile::kSmemBytes) == cudaSuccess;
 }
@@ -425,9 +434,9 @@ int device_state(int dev) {
             cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
                 cudaSuccess;
   ok = ok && major == 9 && minor == 0 && sms > 0 && smem_optin >= WgmmaTile::kSmemBytes;
-  int ptx_i32 = 0, ptx_dq = 0;
-  ok = ok && prepare_kernel<Int32Epilogue>(&ptx_i32) && prepare_kernel<DequantEpilogue>(&ptx_dq);
-  ok = ok && ptx_i32 >= 90 && ptx_dq >= 90;
+  KernelImage i32{}, dq{};
+  ok = ok && prepare_kernel<Int32Epilogue>(&i32) && prepare_kernel<DequantEpilogue>(&dq);
+  ok = ok && i32.is_sm90a_body() && dq.is_sm90a_body();
   if (!ok) (void)cudaGetLastError();  // queries that failed must not fail the next launch
   state = ok ? sms : -1;
   g_device_state[dev].store(state, std::memory_order_release);  // idempotent if raced
@@ -448,7 +457,8 @@ void launch_wgmma_epi(const Int8GemmParams& p, const CUtensorMap& ta, const CUte
 bool launch_int8_gemm_wgmma(const Int8GemmParams& p, cudaStream_t stream) {
   // Shapes: TMA box coordinates are int32; K = 0 has no k-stage (the mma path handles it).
   if (p.M <= 0 || p.N <= 0 || p.K <= 0) return false;
-  if (p.M > INT32_MAX || p.N > INT32_MAX || p.K > INT32_MAX) return false;
+  // (tile origins m0, n0 < M + 128 must fit too).
+  if (p.M > INT32_MAX - 256 || p.N > INT32_MAX - 256 || p.K > INT32_MAX - 256) return false;
   // TMA: global base 16-byte aligned, row strides (bytes) multiples of 16. Any K works: the box
   // is zero-filled past K, as it is past M and N.
   if (!is_aligned(p.a, 16) || !is_aligned(p.b, 16) || p.lda % 16 != 0 || p.ldb % 16 != 0 ||
