@@ -87,6 +87,20 @@ def bench_matmul(t: Table, device, shapes, float_dtypes):
             anchors[f"mm {str(fd)[6:]}"] = bench(lambda a, b: torch.mm(a, b.t()), fsets, device, min_reps=3)
         tops = 2 * M * N * K / ours / 1e12
         t.add("int8_matmul", "int8_matmul", f"{M}x{K}x{N}", ours, anchors, f"{tops:7.3f} TOPS")
+        if device == "cuda" and torch.cuda.get_device_capability() == (9, 0):
+            # The sm_90a wgmma kernel, opt-in while unvalidated (INT8KERN_CUDA_GEMM is read on
+            # every launch); same inputs, same anchors.
+            prev = os.environ.get("INT8KERN_CUDA_GEMM")
+            os.environ["INT8KERN_CUDA_GEMM"] = "wgmma"
+            try:
+                wg = bench(ops.int8_matmul, sets, device)
+            finally:
+                if prev is None:
+                    del os.environ["INT8KERN_CUDA_GEMM"]
+                else:
+                    os.environ["INT8KERN_CUDA_GEMM"] = prev
+            t.add("int8_matmul", "int8_matmul wgmma", f"{M}x{K}x{N}", wg, anchors,
+                  f"{2 * M * N * K / wg / 1e12:7.3f} TOPS")
 
 
 def layer_copies(make_layer, weight_bytes, device):

@@ -22,8 +22,8 @@ step build "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
 step tests env HYPOTHESIS_PROFILE=gpu "$PY" -m pytest -q -x tests
 NVCC=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
 step selftest-build "$NVCC" -std=c++17 -O3 -Icsrc -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
-  csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/quantize.cu csrc/cuda/dequantize.cu \
-  csrc/cuda/outliers.cu -o build/selftest
+  csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/gemm_wgmma.cu csrc/cuda/quantize.cu \
+  csrc/cuda/dequantize.cu csrc/cuda/outliers.cu -o build/selftest
 step selftest build/selftest
 SEL=(tests/test_ops.py tests/test_robustness.py -k "cuda and (M7 or M83 or M1K or extremes or outlier_semantics or zero_rows or capacity)" -q -p no:cacheprovider)
 for tool in memcheck racecheck initcheck; do

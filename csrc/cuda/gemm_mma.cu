@@ -20,6 +20,8 @@
 // (n 8-15, k 16-31) = b0, b1 of n-block 0 then b0, b1 of n-block 1.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -622,6 +624,18 @@ void launch_gemm_epi(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t 
   }
 }
 
+// INT8KERN_CUDA_GEMM selects the GEMM main loop: "mma" (default, any other value too) or
+// "wgmma" (gemm_wgmma.cu on sm_90a, falling back to mma.sync wherever it does not apply).
+// The default stays mma.sync because the wgmma kernel has been checked only by reasoning and
+// compilation, never run on hardware; an H100 session validates it first (selftest,
+// tests/test_wgmma.py). Read on every call, not once: getenv is a short scan of the
+// environment, small next to a kernel launch, and tests and benchmarks can then switch
+// kernels inside one process (os.environ writes reach the C environment).
+bool wgmma_requested() {
+  const char* v = std::getenv("INT8KERN_CUDA_GEMM");
+  return v != nullptr && std::strcmp(v, "wgmma") == 0;
+}
+
 }  // namespace
 
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
@@ -634,6 +648,7 @@ int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
 void launch_int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {
   // K == 0 is allowed: the k loop does not run and the epilogue sees acc = 0.
   if (p.M <= 0 || p.N <= 0 || p.K < 0) return;
+  if (wgmma_requested() && launch_int8_gemm_wgmma(p, stream)) return;
   if (p.out_int32) {
     const Int32Epilogue epi{static_cast<int32_t*>(p.out), p.ldo};
     launch_gemm_epi(p, epi, stream);

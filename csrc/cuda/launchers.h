@@ -114,6 +114,14 @@ void launch_int8_gemm(const Int8GemmParams& params, cudaStream_t stream);
 // count only; call it under the same device as the launch.
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& params);
 
+// The same GEMM on sm_90a: wgmma.mma_async + TMA + an mbarrier pipeline (gemm_wgmma.cu).
+// Launches and returns true only where it applies: an sm_90 device running the sm_90a image,
+// K >= 1, a and b 16-byte aligned with row strides lda, ldb multiples of 16 bytes (TMA's
+// rules), M, N < 2^31, and the driver's cuTensorMapEncodeTiled found. Otherwise launches
+// nothing and returns false (the caller falls back to launch_int8_gemm's mma.sync kernel).
+// Not yet run on hardware: launch_int8_gemm tries it only when INT8KERN_CUDA_GEMM=wgmma.
+bool launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t stream);
+
 // Standalone dequantize of an int32 accumulator, same formula as the GEMM epilogue.
 //   acc: int32 [M, N] contiguous; out: [M, N] contiguous in out_dtype;
 //   bias float32 [N] or null; add [M, N] contiguous in add_dtype (out_dtype or Float32) or null.

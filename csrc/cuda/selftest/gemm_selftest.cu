@@ -1,9 +1,11 @@
-// Standalone self-test of the int8kern CUDA kernels (no torch). Needs an sm_80+ GPU.
+// Standalone self-test of the int8kern CUDA kernels (no torch). Needs an sm_80+ GPU; the wgmma
+// GEMM is tested on sm_90 (H100/H200) and checked to refuse elsewhere.
 // Build and run from the repository root (one command line):
 //   nvcc -std=c++17 -O2 -Icsrc -Xcompiler -ffp-contract=off
 //     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
 //     csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/quantize.cu
-//     csrc/cuda/dequantize.cu csrc/cuda/outliers.cu -o /tmp/selftest && /tmp/selftest
+//     csrc/cuda/dequantize.cu csrc/cuda/outliers.cu csrc/cuda/gemm_wgmma.cu -o /tmp/selftest && /tmp/selftest
+// (no -lcuda: gemm_wgmma.cu reaches cuTensorMapEncodeTiled through cudaGetDriverEntryPoint).
 // Exit status 0 when every check passes. All comparisons are exact (bitwise for floats, NaN
 // matching NaN): the kernels promise the same float32 operations as the CPU references here
 // (-ffp-contract=off keeps the host compiler from fusing them into FMAs).
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "../common.cuh"
@@ -338,6 +341,183 @@ static void test_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_
 }
 
 // ---------------------------------------------------------------------------------------
+// The sm_90a wgmma GEMM (gemm_wgmma.cu), called directly through launch_int8_gemm_wgmma so
+// that a silent fallback cannot pass for it: on an sm_90 device every eligible case must be
+// accepted (return true), every ineligible one refused (false, nothing launched).
+// ---------------------------------------------------------------------------------------
+// a [M, lda] and b [N, ldb] int8, random in [-128, 127] (never all zero) or all -128.
+static void fill_int8(std::vector<int8_t>& v, int fill) {
+  std::uniform_int_distribution<int> d(-128, 127);
+  for (auto& x : v) x = fill ? (int8_t)-128 : (int8_t)d(g_rng);
+}
+// acc[i, j] over the first K columns; on the CPU when small, else the naive GPU kernel above.
+static std::vector<int32_t> reference_acc(const std::vector<int8_t>& ha, const std::vector<int8_t>& hb,
+                                          const int8_t* da, const int8_t* db, int64_t M, int64_t N,
+                                          int64_t K, int64_t lda, int64_t ldb) {
+  std::vector<int32_t> r((size_t)(M * N));
+  if (M * N * K <= (int64_t)200 * 1000 * 1000) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        int64_t s = 0;
+        for (int64_t k = 0; k < K; ++k) s += (int64_t)ha[i * lda + k] * (int64_t)hb[j * ldb + k];
+        r[i * N + j] = (int32_t)s;
+      }
+  } else {
+    DevBuf<int32_t> dr((size_t)(M * N));
+    ref_gemm_kernel<<<1024, 256>>>(da, db, M, N, K, lda, ldb, dr.p, N);
+    CK(cudaGetLastError());
+    r = dr.down();
+  }
+  return r;
+}
+
+static void test_wgmma_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldo,
+                             int fill) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "wgmma int32 M=%lld N=%lld K=%lld lda=%lld ldb=%lld ldo=%lld%s",
+                (long long)M, (long long)N, (long long)K, (long long)lda, (long long)ldb,
+                (long long)ldo, fill ? " all=-128" : "");
+  std::vector<int8_t> ha((size_t)(M * lda)), hb((size_t)(N * ldb));
+  fill_int8(ha, fill);
+  fill_int8(hb, fill);
+  DevBuf<int8_t> da(ha.size()), db(hb.size());
+  da.up(ha);
+  db.up(hb);
+  const size_t c_elems = (size_t)(M * ldo);
+  DevBuf<int32_t> dc(c_elems);
+  CK(cudaMemset(dc.p, 0x5a, c_elems * 4));  // sentinel 0x5a5a5a5a in the row padding
+  Int8GemmParams p;
+  p.a = da.p; p.b = db.p; p.M = M; p.N = N; p.K = K; p.lda = lda; p.ldb = ldb;
+  p.out = dc.p; p.ldo = ldo; p.out_int32 = true;
+  if (!launch_int8_gemm_wgmma(p, 0)) {
+    report(false, (std::string(what) + " (refused an eligible case)").c_str());
+    return;
+  }
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto want = reference_acc(ha, hb, da.p, db.p, M, N, K, lda, ldb);
+  const auto got = dc.down();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < ldo; ++j) {
+      const int32_t w = j < N ? want[i * N + j] : 0x5a5a5a5a;
+      if (got[i * ldo + j] != w) {
+        if (bad < 5) std::printf("   mismatch (%lld, %lld): got %d want %d\n", (long long)i, (long long)j,
+                                 got[i * ldo + j], w);
+        ++bad;
+      }
+    }
+  report(bad == 0, what);
+}
+
+// The fused dequantize epilogue on the wgmma kernel, bitwise against the CPU formula applied to
+// the exact int32 product.
+static void test_wgmma_dequant(int64_t M, int64_t N, int64_t K, DType out_d, bool use_bias,
+                               int add_mode /*0 none, 1 f32, 2 out dtype*/) {
+  char what[200];
+  std::snprintf(what, sizeof(what), "wgmma dequant M=%lld N=%lld K=%lld out=%s bias=%d add=%s",
+                (long long)M, (long long)N, (long long)K, dname(out_d), (int)use_bias,
+                add_mode == 0 ? "none" : add_mode == 1 ? "f32" : dname(out_d));
+  const int64_t ld = (K + 15) / 16 * 16, ldo = N + 3, ld_add = N + 7;
+  std::vector<int8_t> ha((size_t)(M * ld)), hb((size_t)(N * ld));
+  fill_int8(ha, 0);
+  fill_int8(hb, 0);
+  std::uniform_real_distribution<float> du(0.01f, 20.0f), dn(-3.0f, 3.0f);
+  std::vector<float> ra(M), ca(N), bias(N), addv((size_t)(M * ld_add));
+  for (auto& v : ra) v = du(g_rng);
+  for (auto& v : ca) v = du(g_rng);
+  ra[0] = 0.0f;
+  for (auto& v : bias) v = dn(g_rng);
+  const DType add_d = add_mode == 2 ? out_d : DType::Float32;
+  for (auto& v : addv) v = round_to(add_d, dn(g_rng));
+  DevBuf<int8_t> da(ha.size()), db(hb.size());
+  da.up(ha);
+  db.up(hb);
+  DevBuf<float> dra(M), dca(N), dbias(N);
+  dra.up(ra);
+  dca.up(ca);
+  dbias.up(bias);
+  const auto add_bytes = encode(add_d, addv);
+  DevBuf<uint8_t> dadd(add_bytes.size());
+  dadd.up(add_bytes);
+  const int os = dtype_size(out_d);
+  DevBuf<uint8_t> dout((size_t)(M * ldo * os));
+  CK(cudaMemset(dout.p, 0x77, (size_t)(M * ldo * os)));
+  Int8GemmParams p;
+  p.a = da.p; p.b = db.p; p.M = M; p.N = N; p.K = K; p.lda = ld; p.ldb = ld;
+  p.out = dout.p; p.ldo = ldo; p.out_int32 = false; p.out_dtype = out_d;
+  p.row_absmax = dra.p; p.col_absmax = dca.p; p.bias = use_bias ? dbias.p : nullptr;
+  if (add_mode) { p.add = dadd.p; p.add_dtype = add_d; p.ld_add = ld_add; }
+  if (!launch_int8_gemm_wgmma(p, 0)) {
+    report(false, (std::string(what) + " (refused an eligible case)").c_str());
+    return;
+  }
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  const auto acc = reference_acc(ha, hb, da.p, db.p, M, N, K, ld, ld);
+  const auto o = dout.down();
+  int64_t bad = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < ldo; ++j) {
+      if (j >= N) {
+        for (int s = 0; s < os; ++s) bad += o[(i * ldo + j) * os + s] != 0x77;
+        continue;
+      }
+      const float want = round_to(out_d, ref_dequant(acc[i * N + j], ra[i], ca[j], use_bias ? &bias[j] : nullptr,
+                                                     add_mode ? &addv[i * ld_add + j] : nullptr));
+      const float g = decode(out_d, &o[(i * ldo + j) * os]);
+      if (!same_float(g, want)) {
+        if (bad < 5) std::printf("   mismatch (%lld, %lld): got %.9g want %.9g\n", (long long)i, (long long)j, g, want);
+        ++bad;
+      }
+    }
+  report(bad == 0, what);
+}
+
+// Cases the TMA path must refuse (return false) without launching anything.
+static void test_wgmma_refusals() {
+  DevBuf<int8_t> buf(4096);
+  DevBuf<int32_t> out(4096);
+  struct Case { const char* what; int off; int64_t M, N, K, lda, ldb; };
+  const Case cases[] = {{"misaligned a", 1, 4, 4, 32, 32, 32},
+                        {"row stride not a multiple of 16", 0, 4, 4, 24, 24, 32},
+                        {"K = 0", 0, 4, 4, 0, 16, 16}};
+  for (const auto& c : cases) {
+    Int8GemmParams p;
+    p.a = buf.p + c.off; p.b = buf.p; p.M = c.M; p.N = c.N; p.K = c.K; p.lda = c.lda; p.ldb = c.ldb;
+    p.out = out.p; p.ldo = c.N; p.out_int32 = true;
+    const bool launched = launch_int8_gemm_wgmma(p, 0);
+    report(!launched && cudaGetLastError() == cudaSuccess,
+           (std::string("wgmma refuses: ") + c.what).c_str());
+  }
+}
+
+static void test_wgmma_all() {
+  // K a multiple of 16 but not of 128 (a partial last k-stage zero-filled by TMA), odd M and N
+  // (partial tiles), K tails inside padded rows, one and many k-stages, more tiles than SMs
+  // (the persistent loop and the stage/phase wrap across tiles).
+  const int64_t shapes[][3] = {{1, 1, 16},     {3, 5, 7},       {17, 9, 48},     {64, 128, 128},
+                               {131, 67, 272}, {129, 130, 144}, {200, 300, 1000}, {255, 257, 1040},
+                               {1, 4096, 4096}, {4096, 1, 80},  {33, 2000, 80},  {1500, 1700, 1040}};
+  for (const auto& s : shapes) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    const int64_t k16 = (K + 15) / 16 * 16;
+    if (K % 16 == 0) test_wgmma_int32(M, N, K, K, K, N, 0);  // contiguous
+    test_wgmma_int32(M, N, K, k16 + 16, k16 + 48, N + 5, 0);  // padded strides, K tail
+  }
+  test_wgmma_int32(300, 257, 4096, 4096, 4096, 257, 1);   // |acc| max: -128 * -128 * K
+  test_wgmma_int32(129, 131, 131072 - 16, 131072, 131072, 131, 1);  // near the K limit
+  const DType dts[] = {DType::Float32, DType::Float16, DType::BFloat16};
+  for (DType od : dts) {
+    test_wgmma_dequant(37, 45, 96, od, false, 0);
+    test_wgmma_dequant(130, 68, 64, od, true, 1);
+    test_wgmma_dequant(131, 133, 1040, od, true, 2);
+    test_wgmma_dequant(1500, 1500, 48, od, true, 2);  // more tiles than SMs
+  }
+  test_wgmma_refusals();
+}
+
+// ---------------------------------------------------------------------------------------
 // Quantize + zero_columns against the CPU.
 // ---------------------------------------------------------------------------------------
 static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_off, float threshold) {
@@ -576,6 +756,20 @@ int main() {
     for (int64_t N : {5, 1000})
       for (bool aligned : {true, false}) test_decode_int32(M, N, 5137, aligned, true);
   test_decode_int32(64, 4097, 1024, true, true);
+
+  // The wgmma kernel, on the devices it is built for (sm_90a code runs on 9.0 only).
+  if (prop.major == 9 && prop.minor == 0) {
+    test_wgmma_all();
+  } else {
+    Int8GemmParams p;  // everywhere else it must refuse (and launch nothing)
+    int8_t* dummy = nullptr;
+    CK(cudaMalloc(&dummy, 256));
+    p.a = dummy; p.b = dummy; p.M = p.N = 1; p.K = 16; p.lda = p.ldb = 16;
+    p.out = dummy; p.ldo = 1;
+    report(!launch_int8_gemm_wgmma(p, 0) && cudaGetLastError() == cudaSuccess,
+           "wgmma refuses: not an sm_90 device");
+    CK(cudaFree(dummy));
+  }
 
   const DType dts[] = {DType::Float32, DType::Float16, DType::BFloat16};
   for (DType od : dts) {
