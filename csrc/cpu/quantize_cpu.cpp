@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -24,27 +25,37 @@ namespace {
 // columns with threshold <= |v| < inf in mask. NaN and Inf are never outliers: they stay in
 // their row, whose absmax becomes NaN or Inf, so the row's output is non-finite instead of
 // the value vanishing in int8, and no other row changes because of them.
+// Computed on the bit patterns of |v| (sign bit cleared), as the CUDA kernel does: for
+// non-negative floats the unsigned order is the float order, with Inf above every finite
+// value and NaN above Inf, so an unsigned max propagates NaN; and an unsigned max reduction
+// vectorizes, where a float one does not (its NaN semantics forbid reordering).
+typedef uint32_t __attribute__((may_alias)) bits32;
+constexpr uint32_t kInfBits = 0x7F800000u;
+
 INT8KERN_CLONES
 float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
-  float amax = 0.0f;
-  int nan_seen = 0;
+  const bits32* bits = reinterpret_cast<const bits32*>(v);
+  uint32_t amax = 0u;
   if (threshold > 0.0f) {
+    uint32_t t;
+    std::memcpy(&t, &threshold, sizeof t);
     for (int64_t j = 0; j < K; ++j) {
-      const float a = std::fabs(v[j]);
-      const bool outlier = a >= threshold && a < std::numeric_limits<float>::infinity();
+      const uint32_t a = bits[j] & 0x7FFFFFFFu;
+      const bool outlier = a >= t && a < kInfBits;
       mask[j] |= static_cast<uint8_t>(outlier);
-      const float kept = outlier ? 0.0f : a;
+      const uint32_t kept = outlier ? 0u : a;
       amax = kept > amax ? kept : amax;
-      nan_seen |= (a != a);
     }
   } else {
     for (int64_t j = 0; j < K; ++j) {
-      const float a = std::fabs(v[j]);
+      const uint32_t a = bits[j] & 0x7FFFFFFFu;
       amax = a > amax ? a : amax;
-      nan_seen |= (a != a);
     }
   }
-  return nan_seen ? std::nanf("") : amax;
+  if (amax > kInfBits) return std::nanf("");
+  float r;
+  std::memcpy(&r, &amax, sizeof r);
+  return r;
 }
 
 // q = round_half_even(v * scale) saturated to [-127, 127]; NaN (from a NaN in x, or Inf * 0
