@@ -25,6 +25,8 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
+	@$(PY) -c "import bitsandbytes" 2>/dev/null || $(PY) -m pip install -q --no-deps -r requirements-bench.txt 2>/dev/null || \
+		echo "int8kern: bitsandbytes not installed (no network?): benchmarks run without that anchor"
 	$(PY) benchmarks/bench_ops.py
 
 eval: install
