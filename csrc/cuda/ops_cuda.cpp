@@ -253,6 +253,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   auto bias_f = bias_as_float(bias);
   auto gp = gemm_params(q, w, y);
   fill_epilogue(gp, row_absmax, w_absmax, bias_f, add, x.scalar_type());
+  const auto ws = attach_gemm_workspace(gp, q);  // split-K scratch at decode sizes
   launch_int8_gemm(gp, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y.view(out_shape);
