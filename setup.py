@@ -51,7 +51,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 here = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
+# -fopenmp: at::parallel_for is a header template that runs serially unless the extension
+# itself is compiled with OpenMP (_OPENMP); linked, it shares torch's libgomp.so.1.
+cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall",
+             "-Wno-unused-function"]
+link_flags = ["-fopenmp"]
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     ext = CUDAExtension(
@@ -62,10 +66,11 @@ if with_cuda:
             "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-O3"],
         },
         include_dirs=[os.path.join(here, "csrc")],
+        extra_link_args=link_flags,
     )
 else:
     ext = CppExtension("int8kern._C", sources, extra_compile_args={"cxx": cxx_flags},
-                       include_dirs=[os.path.join(here, "csrc")])
+                       include_dirs=[os.path.join(here, "csrc")], extra_link_args=link_flags)
 print(f"int8kern: building the {'CUDA + CPU' if with_cuda else 'CPU-only'} extension "
       f"(torch {torch.__version__}, CUDA {torch.version.cuda}, CUDA_HOME {cuda_home})")
 

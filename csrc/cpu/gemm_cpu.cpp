@@ -333,18 +333,12 @@ at::Tensor int8_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   return out;
 }
 
-at::Tensor int8_scaled_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
-                                  const at::Tensor& row_absmax, const at::Tensor& col_absmax,
-                                  const c10::optional<at::Tensor>& bias,
-                                  const c10::optional<at::Tensor>& add, at::ScalarType out_dtype) {
-  const char* op = "int8_scaled_matmul";
-  check_int8_operands(op, a_in, b_in);
+at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
+                                           const EpilogueOperands& operands, at::ScalarType out_dtype) {
   const int64_t M = a_in.size(0), N = b_in.size(0);
-  check_epilogue_args(op, a_in, M, N, row_absmax, col_absmax, bias, add, out_dtype);
   auto out = at::empty({M, N}, a_in.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   auto a = a_in.contiguous(), b = b_in.contiguous();
-  const EpilogueOperands operands(row_absmax, col_absmax, bias, add, out_dtype);
   const EpilogueArgs e = operands.args();
   dispatch_epilogue_types(out_dtype, operands.add_is_float(),
                           [&]<typename OutT, typename AddT>() {
@@ -352,17 +346,33 @@ at::Tensor int8_scaled_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in
     if (use_onednn(M, a.size(1))) {  // oneDNN's int32 result, then one dequantize pass
       const auto acc = at::_int_mm(a, b.t());
       const int32_t* accp = acc.data_ptr<int32_t>();
-      at::parallel_for(0, M, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t i = r0; i < r1; ++i) dequantize_row<OutT, AddT>(e, i, accp + i * N, 0, N, o + i * N);
+      // 8 rows at a time across all N: 16 sequential streams (acc in, out) for the
+      // prefetchers, and each 32-column block of the outlier columns is read once per 8 rows.
+      constexpr int64_t kRows = 8;
+      at::parallel_for(0, (M + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t i = g * kRows, rows = std::min(kRows, M - i);
+          dequantize_tile<OutT, AddT>(e, i, rows, 0, N, accp + i * N, N, o + i * N, N);
+        }
       });
       return;
     }
     gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
-      for (int ii = 0; ii < mr; ++ii)
-        dequantize_row<OutT, AddT>(e, i + ii, acc + ii * ld, j0, nb, o + (i + ii) * N + j0);
+      dequantize_tile<OutT, AddT>(e, i, mr, j0, nb, acc, ld, o + i * N + j0, N);
     });
   });
   return out;
+}
+
+at::Tensor int8_scaled_matmul_cpu(const at::Tensor& a, const at::Tensor& b,
+                                  const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                                  const c10::optional<at::Tensor>& bias,
+                                  const c10::optional<at::Tensor>& add, at::ScalarType out_dtype) {
+  const char* op = "int8_scaled_matmul";
+  check_int8_operands(op, a, b);
+  check_epilogue_args(op, a, a.size(0), b.size(0), row_absmax, col_absmax, bias, add, out_dtype);
+  const EpilogueOperands operands(row_absmax, col_absmax, bias, add, out_dtype);
+  return int8_scaled_matmul_operands_cpu(a, b, operands, out_dtype);
 }
 
 TORCH_LIBRARY_IMPL(int8kern, CPU, m) {

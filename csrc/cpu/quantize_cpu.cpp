@@ -5,6 +5,7 @@
 // an ascending int64 list, and finally zeroed in q (a pass over n_out columns only).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <immintrin.h>
 
 #include <cmath>
 #include <cstring>
@@ -32,11 +33,37 @@ namespace {
 typedef uint32_t __attribute__((may_alias)) bits32;
 constexpr uint32_t kInfBits = 0x7F800000u;
 
+//
+// The threshold loop is written out in AVX-512 below: GCC does not vectorize the byte-mask
+// store next to the 32-bit max (1.6 ms instead of 0.5 ms for a 512 x 4096 float32 x).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) uint32_t
+absmax_bits_and_outliers_avx512(const bits32* bits, int64_t K, uint32_t t, uint8_t* mask) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), tv = _mm512_set1_epi32(static_cast<int>(t));
+  const __m512i inf = _mm512_set1_epi32(static_cast<int>(kInfBits));
+  const __m128i ones = _mm_set1_epi8(1);
+  __m512i amax = _mm512_setzero_si512();
+  for (int64_t j = 0; j < K; j += 16) {
+    // Past K the masked load reads zeros: never outliers (t > 0), no effect on the max.
+    const __mmask16 in = K - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - j)) - 1);
+    const __m512i a = _mm512_and_si512(_mm512_maskz_loadu_epi32(in, bits + j), abs_mask);
+    const __mmask16 outlier = _mm512_cmpge_epu32_mask(a, tv) & _mm512_cmplt_epu32_mask(a, inf);
+    _mm_mask_storeu_epi8(mask + j, outlier, ones);  // writes only the outliers' bytes
+    amax = _mm512_mask_max_epu32(amax, static_cast<__mmask16>(~outlier), amax, a);
+  }
+  return _mm512_reduce_max_epu32(amax);
+}
+
 INT8KERN_CLONES
 float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
   const bits32* bits = reinterpret_cast<const bits32*>(v);
   uint32_t amax = 0u;
-  if (threshold > 0.0f) {
+  if (threshold > 0.0f && avx512) {
+    uint32_t t;
+    std::memcpy(&t, &threshold, sizeof t);
+    amax = absmax_bits_and_outliers_avx512(bits, K, t, mask);
+  } else if (threshold > 0.0f) {
     uint32_t t;
     std::memcpy(&t, &threshold, sizeof t);
     for (int64_t j = 0; j < K; ++j) {

@@ -174,7 +174,7 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
 }
 
 // The LLM.int8() forward with no host synchronisation, so that it can be captured in a CUDA
-// graph (int8_linear_composite reads the outlier count on the host through nonzero()):
+// graph (a forward composed of the other ops would read the outlier count on the host):
 //   quantize (outlier byte mask) -> compact the mask into cols + n_cols on the device ->
 //   gather (zero q's outlier columns; x_out [M, CAP], w_out [N, CAP], zero-padded) ->
 //   add = x_out @ w_out.T (cuBLAS, fixed shapes, x's dtype) -> spill (only if n > CAP: the

@@ -1,0 +1,172 @@
+// dequantize_tile (epilogue.h): the dequantize epilogue over a tile of the int32 accumulator,
+// in AVX-512 when the CPU has it, with a scalar version of the same arithmetic otherwise.
+//
+// The AVX-512 strip is R <= 4 rows by 32 columns: the outlier term's R x 32 double sums live
+// in 16 zmm registers while the outlier columns are walked once (4 loads of wo and R
+// broadcasts of xo per column, 4R FMAs), then each row is dequantized 8 columns at a time in
+// float32 (ymm) with the same operations, in the same order, as the scalar code: float(acc)
+// * r, * c, + bias, + add, + float(outlier sum); stores round to the output dtype as c10
+// does (round half to even; bfloat16 NaN as 0x7FC0). -ffp-contract=off keeps the multiplies
+// and adds separate, as they are in the reference.
+#include <ATen/ATen.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "epilogue.h"
+
+namespace int8kern {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------- scalar
+
+template <typename OutT, typename AddT>
+void dequantize_tile_scalar(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,
+                            const int32_t* acc, int64_t ld, OutT* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float rs = e.row_absmax[i + r] / 127.0f;
+    const AddT* add = e.add ? static_cast<const AddT*>(e.add) + (i + r) * e.N + j0 : nullptr;
+    const double* xo = e.xo + (i + r) * e.n_out;
+    for (int64_t j = 0; j < n; ++j) {
+      float v = static_cast<float>(acc[r * ld + j]) * rs * e.col_scale[j0 + j];
+      if (e.bias) v += e.bias[j0 + j];
+      if (add) v += static_cast<float>(add[j]);
+      if (e.n_out > 0) {
+        double s = 0.0;
+        for (int64_t c = 0; c < e.n_out; ++c)
+          s += xo[c] * e.wo[((j0 + j) / 32 * e.n_out + c) * 32 + (j0 + j) % 32];
+        v += static_cast<float>(s);
+      }
+      out[r * ldo + j] = static_cast<OutT>(v);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512
+
+#define INT8KERN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+
+INT8KERN_AVX512 inline __m256 load8(const float* p, __mmask8 m) { return _mm256_maskz_loadu_ps(m, p); }
+INT8KERN_AVX512 inline __m256 load8(const at::Half* p, __mmask8 m) {
+  return _mm256_cvtph_ps(_mm_maskz_loadu_epi16(m, p));  // exact
+}
+INT8KERN_AVX512 inline __m256 load8(const at::BFloat16* p, __mmask8 m) {  // exact: the high half
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_maskz_loadu_epi16(m, p)), 16));
+}
+
+INT8KERN_AVX512 inline void store8(float* p, __m256 v, __mmask8 m) { _mm256_mask_storeu_ps(p, m, v); }
+INT8KERN_AVX512 inline void store8(at::Half* p, __m256 v, __mmask8 m) {
+  _mm_mask_storeu_epi16(p, m, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+// c10's float -> bfloat16: add 0x7FFF + the lowest kept bit, keep the high half; NaN -> 0x7FC0.
+// (vcvtneps2bf16 would flush denormals, which c10 does not.)
+INT8KERN_AVX512 inline void store8(at::BFloat16* p, __m256 v, __mmask8 m) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i h = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  h = _mm256_mask_mov_epi32(h, _mm256_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm256_set1_epi32(0x7FC0));
+  _mm_mask_storeu_epi16(p, m, _mm256_cvtepi32_epi16(h));
+}
+
+template <int R, typename OutT, typename AddT>
+INT8KERN_AVX512 void strip_avx512(const EpilogueArgs& e, int64_t i, int64_t j0, int64_t nb,
+                                  const int32_t* acc, int64_t ld, OutT* out, int64_t ldo) {
+  __mmask8 m[4];
+  for (int v = 0; v < 4; ++v) {
+    const int64_t left = nb - 8 * v;
+    m[v] = left >= 8 ? __mmask8(0xFF) : left > 0 ? __mmask8((1u << left) - 1) : __mmask8(0);
+  }
+  // The outlier term, rounded to float32. The double sums stay in registers through the
+  // loop over outlier columns and are stored once (constant indices only: GCC otherwise keeps
+  // the array in memory and stores all 16 vectors on every iteration).
+  alignas(32) float term[R][32];
+  if (e.n_out > 0) {
+    __m512d o[R][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) o[r][v] = _mm512_setzero_pd();
+    const double* xo = e.xo + i * e.n_out;
+    const int64_t n_out = e.n_out;
+    const double* wo = e.wo + j0 * n_out;  // this strip's block: [n_out][32], contiguous
+    for (int64_t c = 0; c < n_out; ++c, wo += 32) {
+      __m512d w[4];  // zero past N: no mask needed
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) w[v] = _mm512_loadu_pd(wo + 8 * v);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const __m512d xv = _mm512_set1_pd(xo[r * n_out + c]);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) o[r][v] = _mm512_fmadd_pd(xv, w[v], o[r][v]);  // exact product
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) _mm256_store_ps(&term[r][8 * v], _mm512_cvtpd_ps(o[r][v]));
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 rs = _mm256_set1_ps(e.row_absmax[i + r] / 127.0f);
+    const AddT* add = e.add ? static_cast<const AddT*>(e.add) + (i + r) * e.N + j0 : nullptr;
+    for (int v = 0; v < 4; ++v) {
+      if (!m[v]) continue;
+      __m256 f = _mm256_cvtepi32_ps(_mm256_maskz_loadu_epi32(m[v], acc + r * ld + 8 * v));
+      f = _mm256_mul_ps(_mm256_mul_ps(f, rs), _mm256_maskz_loadu_ps(m[v], e.col_scale + j0 + 8 * v));
+      if (e.bias) f = _mm256_add_ps(f, _mm256_maskz_loadu_ps(m[v], e.bias + j0 + 8 * v));
+      if (add) f = _mm256_add_ps(f, load8(add + 8 * v, m[v]));
+      if (e.n_out > 0) f = _mm256_add_ps(f, _mm256_load_ps(&term[r][8 * v]));
+      store8(out + r * ldo + 8 * v, f, m[v]);
+    }
+  }
+}
+
+template <typename OutT, typename AddT>
+void dequantize_tile_avx512(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,
+                            const int32_t* acc, int64_t ld, OutT* out, int64_t ldo) {
+  for (int64_t jb = 0; jb < n; jb += 32) {
+    const int64_t nb = std::min<int64_t>(32, n - jb);
+    for (int64_t r = 0; r < rows; r += 4) {
+      const int32_t* a = acc + r * ld + jb;
+      OutT* o = out + r * ldo + jb;
+      switch (std::min<int64_t>(4, rows - r)) {
+        case 4: strip_avx512<4, OutT, AddT>(e, i + r, j0 + jb, nb, a, ld, o, ldo); break;
+        case 3: strip_avx512<3, OutT, AddT>(e, i + r, j0 + jb, nb, a, ld, o, ldo); break;
+        case 2: strip_avx512<2, OutT, AddT>(e, i + r, j0 + jb, nb, a, ld, o, ldo); break;
+        default: strip_avx512<1, OutT, AddT>(e, i + r, j0 + jb, nb, a, ld, o, ldo); break;
+      }
+    }
+  }
+}
+
+bool cpu_has_avx512_epilogue() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("f16c") && std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") == nullptr;
+  return has;
+}
+
+}  // namespace
+
+template <typename OutT, typename AddT>
+void dequantize_tile(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,
+                     const int32_t* acc, int64_t ld, OutT* out, int64_t ldo) {
+  TORCH_INTERNAL_ASSERT(e.n_out == 0 || j0 % 32 == 0, "outlier term needs 32-column blocks");
+  if (cpu_has_avx512_epilogue()) dequantize_tile_avx512<OutT, AddT>(e, i, rows, j0, n, acc, ld, out, ldo);
+  else dequantize_tile_scalar<OutT, AddT>(e, i, rows, j0, n, acc, ld, out, ldo);
+}
+
+#define INT8KERN_INSTANTIATE(OutT, AddT)                                                   \
+  template void dequantize_tile<OutT, AddT>(const EpilogueArgs&, int64_t, int64_t, int64_t, \
+                                            int64_t, const int32_t*, int64_t, OutT*, int64_t);
+INT8KERN_INSTANTIATE(float, float)
+INT8KERN_INSTANTIATE(at::Half, at::Half)
+INT8KERN_INSTANTIATE(at::Half, float)
+INT8KERN_INSTANTIATE(at::BFloat16, at::BFloat16)
+INT8KERN_INSTANTIATE(at::BFloat16, float)
+#undef INT8KERN_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace int8kern
