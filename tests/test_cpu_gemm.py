@@ -1,6 +1,6 @@
 """The CPU int8 GEMM's own kernels, whatever oneDNN would take.
 
-int8_matmul on the CPU hands M >= 64 (K >= 16) to oneDNN on AVX512-VNNI/AMX machines; the
+int8_matmul on the CPU hands M >= 256 (K >= 16) to oneDNN on AVX512-VNNI/AMX machines; the
 tests in test_ops.py then exercise int8kern's tiles only at small M. Here a fresh process
 with INT8KERN_CPU_ONEDNN=0 (read once per process) runs the VNNI tiles (or the AVX2 ones on
 CPUs without VNNI) on every M, with K around the 64-byte steps and the 2048-byte K slices,
@@ -44,11 +44,11 @@ def test_cpu_gemm_tiles_exact_without_onednn():
 
 
 def test_cpu_gemm_k1_large_m():
-    """K = 1 at M >= 64: torch 2.14.1's _int_mm returns garbage there on AVX512-VNNI (Zen 4),
+    """K = 1 at M >= 256: torch 2.14.1's _int_mm returns garbage there on AVX512-VNNI (Zen 4),
     so int8kern keeps such shapes on its own tiles."""
     from int8kern import ops, reference as ref
     g = torch.Generator().manual_seed(3)
-    for M in (64, 4096):
+    for M in (256, 4096):
         a = torch.randint(-128, 128, (M, 1), generator=g, dtype=torch.int8)
         b = torch.randint(-128, 128, (5, 1), generator=g, dtype=torch.int8)
         assert torch.equal(ops.int8_matmul(a, b), ref.int8_matmul(a, b))

@@ -22,8 +22,9 @@
 // VNNI tiles are dot products along k: each (i, j) accumulates a 16-lane vector that is
 // summed across lanes once per K slice (four at a time), so the slice is long (2048).
 //
-// On AVX512-VNNI/AMX CPUs, M >= 64 goes to oneDNN's int8 GEMM (at::_int_mm), which is
-// 2.4x faster than the VNNI tiles below at M = 512 (see benchmarks/NOTES.md); its int32
+// On AVX512-VNNI/AMX CPUs, M >= 256 goes to oneDNN's int8 GEMM (at::_int_mm), which is
+// 1.25x faster than the VNNI tiles below at M = 512 on 2 Zen 4 cores (even at M = 256, slower
+// below; see benchmarks/NOTES.md); its int32
 // result then takes one dequantize pass. Not for K < 16: on this project's Zen 4 CPU,
 // torch 2.14.1's _int_mm returns garbage for K = 1. INT8KERN_CPU_ONEDNN=0 turns it off.
 #include <ATen/Parallel.h>
@@ -307,14 +308,14 @@ void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
   }
 }
 
-// oneDNN for the large-M GEMMs (see the top): M >= 64, K >= 16, VNNI or AMX present.
+// oneDNN for the large-M GEMMs (see the top): M >= 256, K >= 16, VNNI or AMX present.
 bool use_onednn(int64_t M, int64_t K) {
   static const bool enabled = [] {
     const char* env = std::getenv("INT8KERN_CPU_ONEDNN");
     const bool allowed = !(env && std::strcmp(env, "0") == 0);
     return allowed && (at::cpu::is_avx512_vnni_supported() || at::cpu::init_amx());
   }();
-  return enabled && M >= 64 && K >= 16;
+  return enabled && M >= 256 && K >= 16;
 }
 
 }  // namespace
