@@ -19,13 +19,13 @@
 // Blocking: tasks are (BLOCK_M rows of a) x (BLOCK_N rows of b); a task keeps its BLOCK_N x K
 // slice of b (128 KiB at K = 4096) in L2 and walks its rows of a in MR x NR register tiles
 // over K slices of BLOCK_K (a's MR rows and b's NR rows of one slice stay in L1).
-// VNNI tiles are dot products along k: each (i, j) accumulates a 16-lane vector that is
-// summed across lanes once per K slice (four at a time), so the slice is long (2048).
+// VNNI tiles are dot products along k: each (i, j) of a 6 x 4 tile accumulates a 16-lane
+// vector (24 zmm; 10 loads per 24 vpdpbusd) that is summed across lanes once per K slice
+// (four at a time), so the slice is long (4096: a's 6 rows take 24 KiB of L1).
 //
-// On AVX512-VNNI/AMX CPUs, M >= 256 goes to oneDNN's int8 GEMM (at::_int_mm), which is
-// 1.25x faster than the VNNI tiles below at M = 512 on 2 Zen 4 cores (even at M = 256, slower
-// below; see benchmarks/NOTES.md); its int32
-// result then takes one dequantize pass. Not for K < 16: on this project's Zen 4 CPU,
+// On AVX512-VNNI/AMX CPUs, M >= 256 goes to oneDNN's int8 GEMM (at::_int_mm): on 2 Zen 4
+// cores the tiles below match it at M = 256 and are ~10% slower at M = 512 (see
+// benchmarks/NOTES.md), where its int32 result then takes one dequantize pass. Not for K < 16: on this project's Zen 4 CPU,
 // torch 2.14.1's _int_mm returns garbage for K = 1. INT8KERN_CPU_ONEDNN=0 turns it off.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
@@ -132,7 +132,7 @@ at::Tensor widen_to_int16(const at::Tensor& a) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-constexpr int VNNI_MR = 4;
+constexpr int VNNI_MR = 6;
 constexpr int VNNI_NR = 4;
 constexpr int VNNI_NR_GEMV = 8;  // a single row of a: eight weight rows streamed at once
 
@@ -233,7 +233,7 @@ struct VnniPath {
   using AType = uint8_t;
   using Fn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
   static constexpr int kMR = VNNI_MR, kNR = VNNI_NR, kNRGemv = VNNI_NR_GEMV;
-  static constexpr int64_t kBlockK = 2048;  // a multiple of 64
+  static constexpr int64_t kBlockK = 4096;  // a multiple of 64
   Fn fn[VNNI_MR + 1][VNNI_NR_GEMV + 1] = {};
   VnniPath() {
     fn[1][1] = &tile_vnni<1, 1>; fn[1][2] = &tile_vnni<1, 2>; fn[1][3] = &tile_vnni<1, 3>;
@@ -242,6 +242,8 @@ struct VnniPath {
     fn[2][1] = &tile_vnni<2, 1>; fn[2][2] = &tile_vnni<2, 2>; fn[2][3] = &tile_vnni<2, 3>; fn[2][4] = &tile_vnni<2, 4>;
     fn[3][1] = &tile_vnni<3, 1>; fn[3][2] = &tile_vnni<3, 2>; fn[3][3] = &tile_vnni<3, 3>; fn[3][4] = &tile_vnni<3, 4>;
     fn[4][1] = &tile_vnni<4, 1>; fn[4][2] = &tile_vnni<4, 2>; fn[4][3] = &tile_vnni<4, 3>; fn[4][4] = &tile_vnni<4, 4>;
+    fn[5][1] = &tile_vnni<5, 1>; fn[5][2] = &tile_vnni<5, 2>; fn[5][3] = &tile_vnni<5, 3>; fn[5][4] = &tile_vnni<5, 4>;
+    fn[6][1] = &tile_vnni<6, 1>; fn[6][2] = &tile_vnni<6, 2>; fn[6][3] = &tile_vnni<6, 3>; fn[6][4] = &tile_vnni<6, 4>;
   }
   // a + 128 as u8, i.e. the sign bit flipped.
   static at::Tensor prepare_a(const at::Tensor& a) {
