@@ -4,8 +4,10 @@ For each device: quantize_rowwise against the reference (plain PyTorch ops) and 
 same bytes; int8_matmul against torch._int_mm and the float matmul; the LLM.int8() layer
 (Int8LinearLt) against nn.Linear in float32/bfloat16 (CPU) or float16/bfloat16 (CUDA), and
 bitsandbytes' Linear8bitLt when it is importable. Random inputs, 0.5% of activation columns
-carrying outliers of magnitude 8-60 (LLM.int8()'s emergent features). Prints a table and
-writes benchmarks/results/<device>.json.
+carrying outliers of magnitude 8-60 (LLM.int8()'s emergent features). On the CPU, also a real
+model: SmolLM2-135M-Instruct's greedy decode and prefill, LLM.int8() through int8kern against
+the same model in float32 and bfloat16 (skipped, with the reason, if its package is missing).
+Prints a table and writes benchmarks/results/<device>.json.
 """
 from __future__ import annotations
 
@@ -227,6 +229,37 @@ def plot_speedup(rows, name, env, path):
     print(f"   written: {os.path.relpath(path)}")
 
 
+def bench_model(t: Table, device, gen_tokens=32, prefill_tokens=512, threshold=6.0):
+    """SmolLM2-135M-Instruct (int8kern.models): per-token greedy decode time (median over
+    gen_tokens steps with the KV cache) and prefill time of a prompt of prefill_tokens tokens
+    of real text, int8kern LLM.int8() against the fp32 and bf16 models."""
+    import statistics
+
+    from int8kern import eval as ev, models
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantization bar
+    try:
+        bundle = models.load("smollm2", device)
+    except Exception as e:  # the model package (requirements-eval.txt) is not installed
+        print(f"  SmolLM2 skipped: {e}")
+        return
+    tok = bundle.tokenizer
+    prompt = tok(ev.DEFAULT_PROMPT, return_tensors="pt").input_ids.to(device)
+    text = tok(models.read_text(), return_tensors="pt").input_ids[:, :prefill_tokens].to(device)
+    decode, prefill = {}, {}
+    for method, label in (("llm_int8", "ours"), ("fp32", "SmolLM2 float32"), ("half", "SmolLM2 bfloat16")):
+        model = ev.build(method, bundle.model, threshold, device)
+        ev.greedy(model, prompt, 3, device)  # warm-up
+        _, times = ev.greedy(model, prompt, gen_tokens, device)
+        decode[label] = statistics.median(times)
+        prefill[label] = ev.timed(lambda: model(text), device)
+        del model
+    ours_d, ours_p = decode.pop("ours"), prefill.pop("ours")
+    t.add("model", f"SmolLM2 LLM.int8() th={threshold:g}", "decode 1 token", ours_d, decode,
+          f"{1 / ours_d:6.1f} tok/s")
+    t.add("model", f"SmolLM2 LLM.int8() th={threshold:g}", f"prefill {text.shape[1]} tok", ours_p, prefill,
+          f"{text.shape[1] / ours_p:6.0f} tok/s")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -249,6 +282,7 @@ def main():
                          [torch.float32])
             bench_linear(t, device, 4096, 4096, [1, 16] + ([] if args.quick else [512]), torch.float32,
                          [torch.float32, torch.bfloat16], bnb)
+            bench_model(t, device)
         else:  # the H100 suite of issue 3
             ceil = bench_ceilings(t, device)
             bench_quantize(t, device, [(8192, 8192), (2048, 4096)], torch.float16)

@@ -45,6 +45,12 @@ template <typename OutT, typename AddT>
 void dequantize_tile(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,
                      const int32_t* acc, int64_t ld, OutT* out, int64_t ldo);
 
+// The same for rows i .. i + rows - 1 (rows <= 16) and all N columns, from the int32 result
+// stored transposed: acc_t[j * ldt + r] is row i + r, column j.
+template <typename OutT, typename AddT>
+void dequantize_rows_transposed(const EpilogueArgs& e, int64_t i, int64_t rows, const int32_t* acc_t,
+                                int64_t ldt, OutT* out, int64_t ldo);
+
 // The dequantized weight columns that meet x's outlier columns, transposed:
 // wo[c, j] = float(dtype(float(weight[j, cols[c]]) * (absmax[j] / 127))) (blocked, see the
 // top), as the reference

@@ -141,6 +141,61 @@ void dequantize_tile_avx512(const EpilogueArgs& e, int64_t i, int64_t rows, int6
   }
 }
 
+// acc_t holds the int32 result transposed (acc_t[j * ldt + r] is row i + r, column j; rows <=
+// 16): each 32-column block is transposed back through 8 x 8 register transposes into a small
+// row-major tile in L1, which the strips above then read. 16 rows = one 64-byte line of acc_t
+// per column, so every line is read once.
+INT8KERN_AVX512 inline void transpose8x8(__m256i r[8]) {
+  __m256i t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_epi32(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_epi32(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_unpacklo_epi64(t[k], t[k + 2]);
+    u[k + 1] = _mm256_unpackhi_epi64(t[k], t[k + 2]);
+    u[k + 2] = _mm256_unpacklo_epi64(t[k + 1], t[k + 3]);
+    u[k + 3] = _mm256_unpackhi_epi64(t[k + 1], t[k + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x20);
+    r[k + 4] = _mm256_permute2x128_si256(u[k], u[k + 4], 0x31);
+  }
+}
+
+template <typename OutT, typename AddT>
+INT8KERN_AVX512 void dequantize_rows_transposed_avx512(const EpilogueArgs& e, int64_t i, int64_t rows,
+                                                       const int32_t* acc_t, int64_t ldt, OutT* out,
+                                                       int64_t ldo) {
+  alignas(64) int32_t tile[16][32];
+  const int64_t N = e.N;
+  for (int64_t jb = 0; jb < N; jb += 32) {
+    const int64_t nb = std::min<int64_t>(32, N - jb);
+    for (int64_t h = 0; h < rows; h += 8) {  // 8 rows of the tile at a time
+      const int64_t hr = std::min<int64_t>(8, rows - h);
+      const __mmask8 row_mask = static_cast<__mmask8>((1u << hr) - 1);
+      for (int64_t c = 0; c < nb; c += 8) {
+        __m256i r[8];
+        for (int t = 0; t < 8; ++t)
+          r[t] = c + t < nb ? _mm256_maskz_loadu_epi32(row_mask, acc_t + (jb + c + t) * ldt + h)
+                            : _mm256_setzero_si256();
+        transpose8x8(r);  // r[s]: row i + h + s, columns jb + c .. + 7
+        for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(&tile[h + s][c]), r[s]);
+      }
+    }
+    for (int64_t r = 0; r < rows; r += 4) {
+      const int32_t* a = &tile[r][0];
+      OutT* o = out + r * ldo + jb;
+      switch (std::min<int64_t>(4, rows - r)) {
+        case 4: strip_avx512<4, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
+        case 3: strip_avx512<3, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
+        case 2: strip_avx512<2, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
+        default: strip_avx512<1, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
+      }
+    }
+  }
+}
+
 bool cpu_has_avx512_epilogue() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -158,9 +213,25 @@ void dequantize_tile(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0,
   else dequantize_tile_scalar<OutT, AddT>(e, i, rows, j0, n, acc, ld, out, ldo);
 }
 
+template <typename OutT, typename AddT>
+void dequantize_rows_transposed(const EpilogueArgs& e, int64_t i, int64_t rows, const int32_t* acc_t,
+                                int64_t ldt, OutT* out, int64_t ldo) {
+  TORCH_INTERNAL_ASSERT(rows <= 16, "dequantize_rows_transposed takes at most 16 rows");
+  if (cpu_has_avx512_epilogue()) return dequantize_rows_transposed_avx512<OutT, AddT>(e, i, rows, acc_t, ldt, out, ldo);
+  int32_t row[32];  // scalar: gather 32 columns of one row, then the scalar tile
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t jb = 0; jb < e.N; jb += 32) {
+      const int64_t nb = std::min<int64_t>(32, e.N - jb);
+      for (int64_t c = 0; c < nb; ++c) row[c] = acc_t[(jb + c) * ldt + r];
+      dequantize_tile_scalar<OutT, AddT>(e, i + r, 1, jb, nb, row, 32, out + r * ldo + jb, ldo);
+    }
+}
+
 #define INT8KERN_INSTANTIATE(OutT, AddT)                                                   \
   template void dequantize_tile<OutT, AddT>(const EpilogueArgs&, int64_t, int64_t, int64_t, \
-                                            int64_t, const int32_t*, int64_t, OutT*, int64_t);
+                                            int64_t, const int32_t*, int64_t, OutT*, int64_t); \
+  template void dequantize_rows_transposed<OutT, AddT>(const EpilogueArgs&, int64_t, int64_t,     \
+                                                       const int32_t*, int64_t, OutT*, int64_t);
 INT8KERN_INSTANTIATE(float, float)
 INT8KERN_INSTANTIATE(at::Half, at::Half)
 INT8KERN_INSTANTIATE(at::Half, float)
