@@ -16,6 +16,10 @@ import json
 import os
 import re
 
+# No progress bars in the table (transformers' GGUF de-quantization one); tqdm reads this
+# when it is imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import torch
 import torch.nn.functional as F
 
@@ -236,7 +240,6 @@ def bench_model(t: Table, device, gen_tokens=32, prefill_tokens=512, threshold=6
     import statistics
 
     from int8kern import eval as ev, models
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF de-quantization bar
     try:
         bundle = models.load("smollm2", device)
     except Exception as e:  # the model package (requirements-eval.txt) is not installed
