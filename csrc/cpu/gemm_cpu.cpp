@@ -25,8 +25,9 @@
 //
 // On AVX512-VNNI/AMX CPUs, M >= 256 goes to oneDNN's int8 GEMM (at::_int_mm): on 2 Zen 4
 // cores the tiles below match it at M = 256 and are ~10% slower at M = 512 (see
-// benchmarks/NOTES.md), where its int32 result then takes one dequantize pass. Not for K < 16: on this project's Zen 4 CPU,
-// torch 2.14.1's _int_mm returns garbage for K = 1. INT8KERN_CPU_ONEDNN=0 turns it off.
+// benchmarks/NOTES.md). Its int32 result then takes one dequantize pass. Not for K < 16: on
+// this project's Zen 4 CPU, torch 2.14.1's _int_mm returns garbage for K = 1.
+// INT8KERN_CPU_ONEDNN=0 turns it off.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
 #include <torch/library.h>
@@ -356,9 +357,9 @@ at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Ten
     OutT* o = static_cast<OutT*>(out.data_ptr());
     if (use_onednn(M, a.size(1))) {
       // oneDNN's int32 result, then one dequantize pass. Asked for transposed, b @ a.T: oneDNN
-      // repacks its second operand on every call, and a.T (M x K) is a quarter of b.T's bytes
-      // at M = 1024, K = N = 4096 (a.T is also already in the layout it reads without
-      // transposing). 20.5-20.8 ms instead of 22.1-23.1 ms at M = 512 on 2 Zen 4 cores.
+      // repacks its second operand on every call, and a.T (M x K) is smaller than the weight
+      // (a quarter of it at M = 1024, K = N = 4096): 20.5-20.8 ms instead of 22.1-23.1 ms at
+      // M = 512 on 2 Zen 4 cores (a contiguous copy of a.T: 22.0 ms).
       const auto acc_t = at::_int_mm(b, a.t());  // [N, M]
       const int32_t* accp = acc_t.data_ptr<int32_t>();
       constexpr int64_t kRows = 16;  // one 64-byte line of acc_t per column

@@ -1,10 +1,11 @@
 // The outlier half of LLM.int8() on the CPU, gathered for the epilogue (epilogue.h):
 //   xo = x[:, cols] in float32, wo[c, j] = float(dtype(float(weight[j, cols[c]]) * absmax[j] / 127))
 // both stored as float64 (exactly: they are float32 values), which the epilogue's double sums
-// read without converting. The weight columns are rounded to x's dtype, as the reference
-// does. The product
-// xo @ wo is then formed inside the dequantize epilogue, in double, 32 output columns at a
-// time, so the [M, N] outlier term never goes through memory.
+// read without converting; wo in 32-column blocks [ceil(N / 32), n, 32]. The weight columns
+// are rounded to x's dtype, as the reference does. The product xo @ wo is then formed inside
+// the dequantize epilogue, in double, 32 output columns at a time, so the [M, N] outlier term
+// never goes through memory. wo takes 8 * N * n bytes: with nearly every column an outlier
+// (a tiny threshold) that is twice the reference's float32 copy of the weight columns.
 //
 // Why not ATen: for these shapes ([M, n_out] @ [n_out, N] with n_out ~ 0.5% of K) MKL's
 // sgemm takes ~15 ms at M = 16, N = 4096, n_out = 20 on this project's first CPU (1.3 M

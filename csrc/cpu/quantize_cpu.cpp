@@ -33,7 +33,6 @@ namespace {
 typedef uint32_t __attribute__((may_alias)) bits32;
 constexpr uint32_t kInfBits = 0x7F800000u;
 
-//
 // The threshold loop is written out in AVX-512 below: GCC does not vectorize the byte-mask
 // store next to the 32-bit max (1.6 ms instead of 0.5 ms for a 512 x 4096 float32 x).
 __attribute__((target("avx512f,avx512bw,avx512vl"))) uint32_t
