@@ -183,16 +183,7 @@ INT8KERN_AVX512 void dequantize_rows_transposed_avx512(const EpilogueArgs& e, in
         for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(&tile[h + s][c]), r[s]);
       }
     }
-    for (int64_t r = 0; r < rows; r += 4) {
-      const int32_t* a = &tile[r][0];
-      OutT* o = out + r * ldo + jb;
-      switch (std::min<int64_t>(4, rows - r)) {
-        case 4: strip_avx512<4, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
-        case 3: strip_avx512<3, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
-        case 2: strip_avx512<2, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
-        default: strip_avx512<1, OutT, AddT>(e, i + r, jb, nb, a, 32, o, ldo); break;
-      }
-    }
+    dequantize_tile_avx512<OutT, AddT>(e, i, rows, jb, nb, &tile[0][0], 32, out + jb, ldo);
   }
 }
 
