@@ -234,12 +234,12 @@ def plot_speedup(rows, name, env, path):
 
 
 def bench_model(t: Table, device, gen_tokens=32, prefill_tokens=512, threshold=6.0):
-    """SmolLM2-135M-Instruct (int8kern.models): per-token greedy decode time (median over
+    """SmolLM2-135M-Instruct (int8kern.eval.models): per-token greedy decode time (median over
     gen_tokens steps with the KV cache) and prefill time of a prompt of prefill_tokens tokens
     of real text, int8kern LLM.int8() against the fp32 and bf16 models."""
     import statistics
 
-    from int8kern import eval as ev, models
+    from int8kern.eval import models, run as ev
     try:
         bundle = models.load("smollm2", device)
     except Exception as e:  # the model package (requirements-eval.txt) is not installed

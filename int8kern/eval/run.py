@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import evalreport, models, naive
+from . import models, naive
+from . import report as evalreport  # `report` is the name of the result dict below
 
 # "half" is bf16 on the CPU (fp16 matmuls are not a CPU fast path) and fp16 on CUDA.
 ALL_METHODS = ("fp32", "half", "absmax", "zeropoint", "vectorwise", "llm_int8", "llm_int8_sim")
