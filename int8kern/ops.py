@@ -93,28 +93,121 @@ def int8_linear(
     return _ops.int8_linear(x, weight, weight_absmax, bias, float(threshold))
 
 
-# ---- fake (meta) implementations: shapes and dtypes only, checks mirror the C++ ones ----
+# ---- fake (meta) implementations: shapes and dtypes only ----
+# Each fake repeats its C++ kernel's checks (csrc/checks.h, csrc/int8_linear.cpp,
+# csrc/cpu/*.cpp, csrc/cuda/ops_cuda.cpp) in the same order and with the same messages, so that
+# torch.compile and opcheck refuse bad input exactly as eager does (tests/test_fake_checks.py
+# holds the two messages equal). Messages are built lazily: torch._check calls the lambda only
+# when the check fails.
 
-def _check(cond: bool, msg: str) -> None:
-    torch._check(cond, lambda: msg)
+#: Largest inner dimension K whose int32 accumulation is exact (kMaxK in csrc/checks.h).
+MAX_K: int = 131071
+
+# c10's names where they differ from str(torch.dtype); checks.h's dtype_name() uses the short
+# names below and c10::toString() for every other dtype.
+_DTYPE_NAMES = {
+    torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+    torch.float64: "float64", torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16",
+    torch.int32: "int32", torch.int64: "int64", torch.bool: "bool",
+    torch.complex32: "ComplexHalf", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    if dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    name = str(dtype).removeprefix("torch.")  # c10::toString: float8_e4m3fn -> Float8_e4m3fn
+    return "UInt" + name[4:] if name.startswith("uint") else name[:1].upper() + name[1:]
+
+
+def _describe(t: torch.Tensor) -> str:
+    """checks.h's describe(): "float16 [64, 32] on cpu"."""
+    return f"{_dtype_name(t.dtype)} [{', '.join(str(s) for s in t.shape)}] on {t.device}"
+
+
+def _check_arg(cond, op: str, arg: str, expected: str, t: torch.Tensor) -> None:
+    torch._check(cond, lambda: f"int8kern.{op}: {arg} must be {expected}, got {_describe(t)}")
+
+
+def _check_float_tensor(op, arg, t, dim, shape):
+    _check_arg(t.dtype in _FLOAT_DTYPES and t.dim() == dim, op, arg, f"float16, bfloat16 or float32 {shape}", t)
+
+
+def _check_tensor(op, arg, t, dtype, dim, shape):
+    _check_arg(t.dtype == dtype and t.dim() == dim, op, arg, f"{_dtype_name(dtype)} {shape}", t)
+
+
+def _check_size(op, arg, t, d, expected, what):
+    _check_arg(t.size(d) == expected, op, arg, f"of size {expected} in dim {d} ({what})", t)
+
+
+def _check_same_device(op, arg, t, ref):
+    _check_arg(t.device == ref.device, op, arg, f"on the same device as the first argument ({ref.device})", t)
+
+
+def _check_inner_dim(op, K):
+    torch._check(1 <= K <= MAX_K, lambda: f"int8kern.{op}: the inner dimension K must be in [1, {MAX_K}] "
+                 f"(int32 accumulation is exact only up to there), got K = {K}")
+
+
+def _check_threshold(op, threshold):
+    torch._check(threshold == threshold,
+                 lambda: f"int8kern.{op}: threshold must be a number (<= 0 disables outliers), got nan")
+    # The kernels compare with float(threshold); a positive double rounds to float32 0 exactly
+    # when it is at most 2^-150, half the smallest denormal (the tie goes to even, 0).
+    # {:g} prints a double as C++'s stream does.
+    torch._check(not threshold > 0 or threshold > 2.0**-150,
+                 lambda: f"int8kern.{op}: threshold must be <= 0 (no outliers) or at least the smallest positive "
+                 f"float32 (1.4e-45; the kernels compare in float32), got {threshold:g}")
+
+
+def _check_bias(op, bias, N, ref):
+    if bias is None:
+        return
+    _check_float_tensor(op, "bias", bias, 1, "[N]")
+    _check_size(op, "bias", bias, 0, N, "N")
+    _check_same_device(op, "bias", bias, ref)
+
+
+def _check_epilogue_args(op, ref, M, N, row_absmax, col_absmax, bias, add, out_dtype):
+    _check_tensor(op, "row_absmax", row_absmax, torch.float32, 1, "[M]")
+    _check_size(op, "row_absmax", row_absmax, 0, M, "M, one scale per row")
+    _check_same_device(op, "row_absmax", row_absmax, ref)
+    _check_tensor(op, "col_absmax", col_absmax, torch.float32, 1, "[N]")
+    _check_size(op, "col_absmax", col_absmax, 0, N, "N, one scale per column")
+    _check_same_device(op, "col_absmax", col_absmax, ref)
+    _check_bias(op, bias, N, ref)
+    if add is not None:
+        _check_float_tensor(op, "add", add, 2, "[M, N]")
+        _check_size(op, "add", add, 0, M, "M")
+        _check_size(op, "add", add, 1, N, "N")
+        _check_same_device(op, "add", add, ref)
+    torch._check(out_dtype in _FLOAT_DTYPES, lambda: f"int8kern.{op}: out_dtype must be float16, bfloat16 or "
+                 f"float32, got {_dtype_name(out_dtype)}")
+
+
+def _check_int8_operands(op, a, b):
+    _check_tensor(op, "a", a, torch.int8, 2, "[M, K]")
+    _check_tensor(op, "b", b, torch.int8, 2, "[N, K]")
+    _check_same_device(op, "b", b, a)
+    _check_arg(b.size(1) == a.size(1), op, "b", f"[N, K] with K = {a.size(1)} (a's inner dimension)", b)
+    _check_inner_dim(op, a.size(1))
 
 
 @torch.library.register_fake("int8kern::quantize_rowwise")
 def _(x, threshold):
-    _check(x.dim() == 2, f"int8kern.quantize_rowwise: x must be 2-D [M, K], got {tuple(x.shape)}")
+    op = "quantize_rowwise"
+    _check_float_tensor(op, "x", x, 2, "[M, K]")
+    _check_threshold(op, threshold)
     M, K = x.shape
+    torch._check(K >= 1, lambda: f"int8kern.{op}: x must have at least one column (K >= 1), got {_describe(x)}")
     n_out = torch.library.get_ctx().new_dynamic_size() if threshold > 0 else 0
     return (
         x.new_empty((M, K), dtype=torch.int8),
         x.new_empty((M,), dtype=torch.float32),
         x.new_empty((n_out,), dtype=torch.int64),
     )
-
-
-def _check_int8_operands(op, a, b):
-    _check(a.dtype == torch.int8 and a.dim() == 2, f"int8kern.{op}: a must be int8 [M, K], got {a.dtype} {tuple(a.shape)}")
-    _check(b.dtype == torch.int8 and b.dim() == 2, f"int8kern.{op}: b must be int8 [N, K], got {b.dtype} {tuple(b.shape)}")
-    _check(a.shape[1] == b.shape[1], f"int8kern.{op}: b must be [N, K] with K = {a.shape[1]}, got {tuple(b.shape)}")
 
 
 @torch.library.register_fake("int8kern::int8_matmul")
@@ -125,21 +218,37 @@ def _(a, b):
 
 @torch.library.register_fake("int8kern::dequantize_matmul")
 def _(acc, row_absmax, col_absmax, bias, add, out_dtype):
-    _check(acc.dim() == 2, f"int8kern.dequantize_matmul: acc must be int32 [M, N], got {tuple(acc.shape)}")
-    return acc.new_empty(acc.shape, dtype=out_dtype)
+    op = "dequantize_matmul"
+    _check_tensor(op, "acc", acc, torch.int32, 2, "[M, N]")
+    M, N = acc.shape
+    _check_epilogue_args(op, acc, M, N, row_absmax, col_absmax, bias, add, out_dtype)
+    return acc.new_empty((M, N), dtype=out_dtype)
 
 
 @torch.library.register_fake("int8kern::int8_scaled_matmul")
 def _(a, b, row_absmax, col_absmax, bias, add, out_dtype):
-    _check_int8_operands("int8_scaled_matmul", a, b)
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+    op = "int8_scaled_matmul"
+    _check_int8_operands(op, a, b)
+    M, N = a.shape[0], b.shape[0]
+    _check_epilogue_args(op, a, M, N, row_absmax, col_absmax, bias, add, out_dtype)
+    return a.new_empty((M, N), dtype=out_dtype)
 
 
 @torch.library.register_fake("int8kern::int8_linear")
 def _(x, weight, weight_absmax, bias, threshold):
-    _check(x.dim() >= 1 and weight.dim() == 2 and x.shape[-1] == weight.shape[1],
-           f"int8kern.int8_linear: weight must be int8 [N, K] with K = x.shape[-1], got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    op = "int8_linear"  # csrc/int8_linear.cpp: check_int8_linear_args
+    _check_arg(x.dtype in _FLOAT_DTYPES and x.dim() >= 1, op, "x", "float16, bfloat16 or float32 [..., K]", x)
+    _check_tensor(op, "weight", weight, torch.int8, 2, "[N, K]")
+    _check_same_device(op, "weight", weight, x)
+    K, N = x.shape[-1], weight.shape[0]
+    _check_arg(weight.size(1) == K, op, "weight", f"int8 [N, K] with K = {K} (x's last dimension)", weight)
+    _check_inner_dim(op, K)
+    _check_tensor(op, "weight_absmax", weight_absmax, torch.float32, 1, "[N]")
+    _check_size(op, "weight_absmax", weight_absmax, 0, N, "N, one scale per weight row")
+    _check_same_device(op, "weight_absmax", weight_absmax, x)
+    _check_bias(op, bias, N, x)
+    _check_threshold(op, threshold)
+    return x.new_empty((*x.shape[:-1], N))
 
 
 # ---- autograd: gradients for x and bias (the int8 weight is frozen) ----
