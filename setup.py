@@ -3,13 +3,16 @@
 CUDA sources are compiled whenever torch is a CUDA build and nvcc is found, even with no
 GPU visible; otherwise a CPU-only extension is built. Environment:
   INT8KERN_SKIP_CUDA=1     build the CPU-only extension
-  TORCH_CUDA_ARCH_LIST     CUDA archs (default "8.0;9.0a": A100 and H100, plus sm_80 PTX)
+  TORCH_CUDA_ARCH_LIST     CUDA archs (default "8.0+PTX;9.0a": A100 and H100/H200, plus sm_80
+                           PTX); the wgmma GEMM is built only when it has 9.0a
   CUDA_HOME                the CUDA toolkit (default: torch's guess, else /usr/local/cuda)
   MAX_JOBS                 parallel compile jobs (ninja)
 """
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -17,9 +20,14 @@ from setuptools import setup
 try:
     import torch
 except ImportError:
+    # Under pip, _build/int8kern_build.py has already put the target environment on sys.path,
+    # so torch is missing there. uv builds in a venv of its own that cannot see the target.
     sys.exit(
-        "int8kern compiles against the torch you will import, so it needs torch installed first "
-        "and no build isolation:\n    pip install torch\n    pip install --no-build-isolation ."
+        "int8kern compiles against the torch you will import, so it needs torch installed first, "
+        f"in the environment int8kern is installed into (found no torch for {sys.executable}):\n"
+        "    pip install torch\n    pip install .\n"
+        "With uv, which builds in an isolated environment of its own, build against the target's "
+        "torch with:\n    uv pip install --no-build-isolation ."
     )
 
 
@@ -56,26 +64,61 @@ sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 cxx_flags = ["-O3", "-std=c++20", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall",
              "-Wno-unused-function"]
 link_flags = ["-fopenmp"]
+nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-O3"]
+# Code for one architecture only (the wgmma GEMM: wgmma and setmaxnreg exist on sm_90a alone)
+# is compiled on its own for that architecture, as torchao and flash-attention do, and linked
+# into _C only when TORCH_CUDA_ARCH_LIST asks for it; gemm_mma.cu finds it through a weak
+# symbol, so nothing else needs to know. No kernel then carries a trap body for other archs.
+SM90A_SOURCES = ["csrc/cuda/gemm_wgmma.cu"]
+archs = set(re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace("+PTX", "")))
+with_sm90a = with_cuda and "9.0a" in archs
 if with_cuda:
-    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
+    cuda_sources = sorted(set(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu")) - set(SM90A_SOURCES))
     ext = CUDAExtension(
         "int8kern._C",
-        sources,
-        extra_compile_args={
-            "cxx": cxx_flags + ["-DINT8KERN_WITH_CUDA"],
-            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-O3"],
-        },
+        sources + cuda_sources,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         include_dirs=[os.path.join(here, "csrc")],
         extra_link_args=link_flags,
+        # a change to the sm_90a sources (built outside ninja, below) relinks _C
+        depends=SM90A_SOURCES + sorted(glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h")),
     )
 else:
     ext = CppExtension("int8kern._C", sources, extra_compile_args={"cxx": cxx_flags},
                        include_dirs=[os.path.join(here, "csrc")], extra_link_args=link_flags)
 print(f"int8kern: building the {'CUDA + CPU' if with_cuda else 'CPU-only'} extension "
-      f"(torch {torch.__version__}, CUDA {torch.version.cuda}, CUDA_HOME {cuda_home})")
+      f"(torch {torch.__version__}, CUDA {torch.version.cuda}, CUDA_HOME {cuda_home}"
+      + (f", archs {os.environ['TORCH_CUDA_ARCH_LIST']}; wgmma GEMM {'built' if with_sm90a else 'not built (no 9.0a)'}"
+         if with_cuda else "") + ")")
+
+
+class BuildExtensionWithArchObjects(BuildExtension):
+    """BuildExtension, plus SM90A_SOURCES compiled by nvcc for sm_90a alone and linked into _C
+    (cpp_extension compiles every .cu of an extension for the same list of archs)."""
+
+    def build_extensions(self):
+        if with_sm90a:
+            for ext_ in self.extensions:
+                ext_.extra_objects = [self._compile_sm90a(src) for src in SM90A_SOURCES]
+        super().build_extensions()
+
+    def _compile_sm90a(self, src):
+        obj = os.path.join(self.build_temp, "sm90a", os.path.basename(src) + ".o")
+        deps = [src] + glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/*.h")
+        if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(d) for d in deps):
+            return obj
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+        cmd = [os.path.join(cuda_home, "bin", "nvcc"), "-c", src, "-o", obj, *nvcc_flags,
+               "-gencode", "arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", abi,
+               "-I", os.path.join(here, "csrc")]
+        print("int8kern: " + " ".join(cmd))
+        subprocess.check_call(cmd)
+        return obj
+
 
 # Name, version and packages are in pyproject.toml.
 setup(
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionWithArchObjects},
 )
