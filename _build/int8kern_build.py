@@ -23,9 +23,10 @@ the build environment's, with site.addsitedir so that their .pth files count as 
 import time; under --no-build-isolation they are already on sys.path and nothing changes.
 
 uv builds in a fresh venv of its own (sys.prefix and VIRTUAL_ENV are that venv; the target
-appears only on uv's command line), so under uv isolation there is no torch to find and setup.py
-stops with its message, which names `--no-build-isolation` (that works with uv too).
+appears only on uv's command line), so under uv isolation there is no torch to find and the
+message below names `--no-build-isolation` (with it, uv runs this backend in the target).
 """
+import importlib.util
 import os
 import site
 import sys
@@ -34,8 +35,9 @@ import sysconfig
 
 def _add_invoking_environment():
     dirs = list(site.getsitepackages())
-    if sys.prefix == sys.base_prefix and site.ENABLE_USER_SITE is not False:
-        # Not a venv: `pip install --user torch` lands here, and pip's PYTHONNOUSERSITE hid it.
+    if sys.prefix == sys.base_prefix:
+        # Not a venv: `pip install --user torch` lands in the user site, which is on sys.path at
+        # run time but was hidden here by pip's PYTHONNOUSERSITE=1.
         dirs.append(site.getusersitepackages())
     known = {os.path.normcase(os.path.abspath(p)) for p in sys.path}
     for d in dirs:
@@ -51,17 +53,21 @@ def _add_invoking_environment():
 
 _add_invoking_environment()
 
-try:
-    from setuptools import build_meta as _meta
-except ImportError:
+# Checked here, before setuptools is imported, so that an environment missing either gets one
+# message that says what to do (setup.py repeats the torch part for `python setup.py` runs).
+_missing = [m for m in ("torch", "setuptools") if importlib.util.find_spec(m) is None]
+if _missing:
     sys.exit(
-        f"int8kern builds with the setuptools of the environment it is installed into, and "
-        f"{sys.prefix} (python {sys.executable}) has none:\n    pip install setuptools\n"
-        f"then install int8kern again."
+        "int8kern compiles against the torch you will import, with the setuptools beside it, so "
+        "both must be installed first, in the environment int8kern is installed into; found no "
+        f"{' and no '.join(_missing)} for {sys.executable}:\n"
+        "    pip install torch\n    pip install .\n"
+        "With uv, which builds in an isolated environment of its own, build against the target's "
+        "torch with:\n    uv pip install --no-build-isolation ."
     )
 
-# setup.py (run by these hooks) imports torch from the same directories and, if it is not
-# there, stops with its own message.
+from setuptools import build_meta as _meta  # noqa: E402
+
 get_requires_for_build_wheel = _meta.get_requires_for_build_wheel
 get_requires_for_build_editable = _meta.get_requires_for_build_editable
 get_requires_for_build_sdist = _meta.get_requires_for_build_sdist

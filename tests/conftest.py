@@ -25,6 +25,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU")
 
 
+# `slow` tests (fresh-venv builds of int8kern: minutes) run where INT8KERN_RUN_SLOW=1, which
+# .ci/run sets, so CI runs them once; `make test` and `make gpu-check` skip them, saying how to
+# run them.
+RUN_SLOW = os.environ.get("INT8KERN_RUN_SLOW", "0") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    if RUN_SLOW:
+        return
+    skip = pytest.mark.skip(reason="slow: set INT8KERN_RUN_SLOW=1 to run it (.ci/run does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
