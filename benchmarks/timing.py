@@ -1,14 +1,23 @@
 """Shared timing for the benchmarks: warm-up, median of many runs, inputs rotated so that a
-GPU run does not sit in L2, and an environment header printed first."""
+GPU run does not sit in L2, and an environment header printed first.
+
+Two times per measurement, reported apart (as torchao's float8 benchmarks do):
+  end-to-end  the median time of one call, host gaps between its launches included (on CUDA,
+              CUDA events around each call; on the CPU, the wall clock);
+  kernel      on CUDA only: the GPU time of the kernels (and memsets/copies) one call launches,
+              summed, from torch.profiler, mean over a few calls. An op of several launches at
+              decode sizes shows its launch gaps as end-to-end minus kernel.
+"""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
 import statistics
 import subprocess
 import time
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -85,6 +94,47 @@ def bench(fn: Callable, args_list: Sequence[tuple], device: str, min_reps: int =
             if i + 1 >= min_reps and spent > budget_s:
                 break
     return statistics.median(times)
+
+
+@dataclasses.dataclass
+class Timing:
+    e2e_s: float                     # end-to-end seconds per call (median)
+    kernel_s: Optional[float] = None  # summed GPU kernel seconds per call; None off CUDA
+
+
+def measure(fn: Callable, args_list: Sequence[tuple], device: str, kernel_calls: int = 10, **bench_kw) -> Timing:
+    """bench()'s end-to-end median, and on CUDA the profiler's kernel time beside it."""
+    e2e = bench(fn, args_list, device, **bench_kw)
+    kernel = kernel_time(fn, args_list, kernel_calls) if device == "cuda" else None
+    return Timing(e2e, kernel)
+
+
+def kernel_time(fn: Callable, args_list: Sequence[tuple], calls: int = 10) -> Optional[float]:
+    """Seconds of GPU work per call of fn: the durations of every CUDA kernel, memset and copy
+    the profiler records over `calls` calls (after bench()'s warm-up), summed, / calls.
+
+    Summed, not spanned: idle time between launches is left out, which is the point; kernels
+    overlapping on several streams would be counted twice (int8kern launches on one stream).
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    n = len(args_list)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fn(*args_list[i % n])
+        torch.cuda.synchronize()
+    device_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    if device_us <= 0:  # no CUPTI on this machine: say so once, keep the end-to-end times
+        if not _warned_no_kernels:
+            print("  kernel_time: the profiler recorded no CUDA kernel (CUPTI unavailable?): kernel times left out")
+            _warned_no_kernels.append(True)
+        return None
+    return device_us / calls / 1e6
+
+
+_warned_no_kernels: list = []
 
 
 def rotation(make: Callable[[int], tuple], bytes_per_set: int, device: str) -> list:

@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end on tiny shapes (--dry-run) on the CPU, so that they
+cannot rot between GPU sessions: every suite of bench_ops.py (the GPU suite included, on the
+CPU) and bench_model.py's whole flow (int8kern, float16, bitsandbytes when importable; eager
+and compiled decode). Each writes its JSON, which is checked for the rows it must hold."""
+import json
+import os
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def _run(script, out, *args):
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--dry-run", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, f"{script} --dry-run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    (path,) = [p for p in out.iterdir() if p.suffix == ".json"]
+    return json.loads(path.read_text()), proc.stdout
+
+
+def test_bench_ops_dry_run(tmp_path):
+    res, stdout = _run("bench_ops.py", tmp_path, "--device", "cpu")
+    assert res["dry_run"] and set(res["timing"]) >= {"ms", "kernel_ms"}
+    groups = {r["group"] for r in res["rows"]}
+    assert groups >= {"ceiling", "quantize", "int8_matmul", "int8_linear"}
+    lin = [r for r in res["rows"] if r["group"] == "int8_linear"]
+    # the GPU suite's float16 layers, at both thresholds, against F.linear float16
+    assert {(r["params"]["threshold"], r["params"]["M"]) for r in lin if "Linear float16" in r["vs"]} >= \
+        {(6.0, 1), (0.0, 1), (6.0, 33), (0.0, 33)}
+    for r in res["rows"]:
+        assert r["ms"] > 0 and r["kernel_ms"] is None  # no kernel time off CUDA
+        assert all(v > 0 for v in r["vs"].values())
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir()), stdout
+
+
+def test_bench_model_dry_run(tmp_path):
+    res, stdout = _run("bench_model.py", tmp_path, "--device", "cpu")
+    methods = res["methods"]
+    assert {"int8kern", "float16"} <= set(methods), stdout
+    assert methods["int8kern"]["outlier_cols_layer0"] >= res["outlier_dims"]  # the planted features are outliers
+    for name, row in methods.items():
+        assert "error" not in row, (name, row)
+        assert row["prefill_s"] > 0 and row["weights_GiB"] > 0
+        for key in ("decode_eager", "decode_graphs"):
+            assert row[key]["tok_per_s"] > 0, (name, key, row[key])
+        assert row["decode_graphs"]["dynamo_graphs"] >= 1  # the decode step was compiled, fullgraph
+    # the same greedy tokens, compiled or not (float16 itself; int8 ones may differ by rounding)
+    assert methods["float16"]["decode_eager"]["first_tokens"] == methods["float16"]["decode_graphs"]["first_tokens"]
