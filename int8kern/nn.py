@@ -37,18 +37,35 @@ class Int8LinearLt(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.threshold = float(threshold)
-        # Initialised like nn.Linear (then quantized), so a fresh layer computes something sane.
-        w = torch.empty(out_features, in_features, device=device, dtype=torch.float32)
-        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        q, absmax = _quantize_weight(w) if in_features > 0 else (
-            w.to(torch.int8), torch.zeros(out_features, device=device))
-        self.weight = nn.Parameter(q, requires_grad=False)
-        self.register_buffer("weight_absmax", absmax)
+        # Allocated empty first: on the meta device (transformers builds models there before
+        # loading, and under accelerate.init_empty_weights, which moves each registered
+        # parameter to meta) a layer is only a shape, and initialising and quantizing an
+        # [out, in] float weight there would be wasted work (0.4-0.6 s at 8192 x 8192).
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=torch.int8),
+                                   requires_grad=False)
+        self.register_buffer("weight_absmax", torch.empty(out_features, device=device, dtype=torch.float32))
         if bias:
-            bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
-            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+        if self.weight.device.type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise like nn.Linear, then quantize, so a fresh layer computes something sane."""
+        device = self.weight.device
+        w = torch.empty(self.out_features, self.in_features, device=device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        if self.in_features > 0:
+            q, absmax = _quantize_weight(w)
+            self.weight.copy_(q)
+            self.weight_absmax.copy_(absmax.to(self.weight_absmax.device))
+        else:
+            self.weight_absmax.zero_()
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            self.bias.uniform_(-bound, bound)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, threshold: float = 6.0) -> "Int8LinearLt":

@@ -1,0 +1,23 @@
+"""int8kern in the Hugging Face stack. Imported explicitly (`import int8kern.hf`), never by
+`import int8kern`: importing it registers the transformers quantization method "int8kern".
+
+    import int8kern.hf
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=int8kern.hf.Int8KernConfig())
+    model.save_pretrained(out)                      # int8 weight + float32 weight_absmax
+    model = AutoModelForCausalLM.from_pretrained(out)          # int8 again, bit for bit
+
+    # a bitsandbytes LLM.int8() checkpoint, without bitsandbytes
+    model = AutoModelForCausalLM.from_pretrained(bnb_path, config=int8kern.hf.config_from_bitsandbytes(bnb_path))
+
+LoRA with PEFT on the int8 base: `int8kern.hf.lora` (needs peft).
+"""
+from .quantizer import (
+    QUANT_METHOD,
+    Int8KernConfig,
+    Int8KernHfQuantizer,
+    config_from_bitsandbytes,
+    dequantize_layer,
+)
+
+__all__ = ["QUANT_METHOD", "Int8KernConfig", "Int8KernHfQuantizer", "config_from_bitsandbytes",
+           "dequantize_layer"]
