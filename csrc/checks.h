@@ -87,6 +87,11 @@ inline void check_out_dtype(const char* op, at::ScalarType out_dtype) {
 inline void check_threshold(const char* op, double threshold) {
   TORCH_CHECK(threshold == threshold, "int8kern.", op,
               ": threshold must be a number (<= 0 disables outliers), got nan");
+  // The kernels compare |x| with float(threshold): a positive double below half the smallest
+  // float32 denormal would become 0 there (no outliers at all), while "> 0" promised some.
+  TORCH_CHECK(!(threshold > 0.0) || static_cast<float>(threshold) > 0.0f, "int8kern.", op,
+              ": threshold must be <= 0 (no outliers) or at least the smallest positive float32 "
+              "(1.4e-45; the kernels compare in float32), got ", threshold);
 }
 
 // An optional bias [N] in a floating dtype on the device of `ref`.

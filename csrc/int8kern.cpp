@@ -1,7 +1,8 @@
 // int8kern: the op schemas, declared once. Each backend registers its kernels in the file
-// that implements them (cpu/*.cpp, cuda/ops_cuda.cpp); int8_linear.cpp holds the
-// device-generic composition of the LLM.int8() forward. Fake (meta) kernels live in Python
-// (int8kern/ops.py) so that torch.compile and torch.library.opcheck see every op.
+// that implements them (cpu/*.cpp, cuda/ops_cuda.cpp); int8_linear.cpp holds the argument
+// checks of the LLM.int8() forward that both backends share (checks.h the rest). Fake (meta)
+// kernels live in Python (int8kern/ops.py) so that torch.compile and torch.library.opcheck
+// see every op.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -21,6 +21,17 @@ __all__ = [
 ]
 
 
+def _check_threshold(threshold: float) -> None:
+    # |x| is compared with threshold in float32, where a positive double below half the
+    # smallest denormal is 0 (every column an outlier here, none in a kernel comparing with a
+    # float): refused, as the kernels refuse it.
+    if threshold > 0 and torch.tensor(threshold, dtype=torch.float32).item() == 0.0:
+        raise ValueError(
+            "quantize_rowwise: threshold must be <= 0 (no outliers) or at least the smallest "
+            f"positive float32 (1.4e-45; the kernels compare in float32), got {threshold}"
+        )
+
+
 def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise absmax int8 quantization with outlier columns (bitsandbytes' semantics).
 
@@ -38,6 +49,7 @@ def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Ten
     """
     if x.dim() != 2:
         raise ValueError(f"quantize_rowwise: x must be 2-D [M, K], got {tuple(x.shape)}")
+    _check_threshold(threshold)
     xf = x.float()
     a = xf.abs()
     if threshold > 0:

@@ -20,6 +20,8 @@ def _operands(device):
     (lambda d: ops.quantize_rowwise(torch.ones(8, device=d)), r"quantize_rowwise: x must be .*\[M, K\], got float32 \[8\]"),
     (lambda d: ops.quantize_rowwise(torch.ones(4, 0, device=d)), r"quantize_rowwise: x must have at least one column"),
     (lambda d: ops.quantize_rowwise(torch.ones(4, 8, device=d), float("nan")), r"quantize_rowwise: threshold must be a number"),
+    # positive as a double, 0 as the float32 the kernels compare with
+    (lambda d: ops.quantize_rowwise(torch.ones(4, 8, device=d), 1e-46), r"quantize_rowwise: threshold must be <= 0 \(no outliers\) or at least the smallest positive float32.*got 1e-46"),
     (lambda d: ops.int8_matmul(torch.ones(4, 8, device=d), randint8((3, 8), d, 0)),
      r"int8kern.int8_matmul: a must be int8 \[M, K\], got float32 \[4, 8\]"),
     (lambda d: ops.int8_matmul(randint8((4, 8), d, 0), torch.ones(3, 8, dtype=torch.float16, device=d)),
@@ -66,10 +68,20 @@ def test_int8_linear_bad_input(device):
         (lambda: ops.int8_linear(x, w, absmax[:4]), r"int8_linear: weight_absmax must be of size 5"),
         (lambda: ops.int8_linear(x, w, absmax, torch.ones(4, device=device)), r"int8_linear: bias must be of size 5"),
         (lambda: ops.int8_linear(x, w, absmax, None, float("nan")), r"int8_linear: threshold must be a number"),
+        (lambda: ops.int8_linear(x, w, absmax, None, 7e-46), r"int8_linear: threshold must be <= 0 \(no outliers\) or at least the smallest positive float32"),
     ]
     for call, match in cases:
         with pytest.raises(RuntimeError, match=match):
             call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to mix devices")
+def test_tiny_threshold_refused_by_reference_too():
+    # 1.4e-45 (the smallest denormal) is a real threshold; 7e-46 rounds to 0 in float32.
+    x = torch.ones(2, 8)
+    assert ref.quantize_rowwise(x, 1.4e-45)[2].numel() == 8 == ops.quantize_rowwise(x, 1.4e-45)[2].numel()
+    with pytest.raises(ValueError, match=r"threshold must be <= 0 .*got 7e-46"):
+        ref.quantize_rowwise(x, 7e-46)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to mix devices")

@@ -1,9 +1,9 @@
 // Standalone dequantize of a contiguous int32 accumulator [M, N] (the int32-output GEMM path,
 // e.g. after a cuBLASLt int8 matmul or for testing), with exactly the GEMM epilogue numerics:
-// DequantEpilogue::value in common.cuh.
+// DequantEpilogue::value in epilogue.cuh.
 #include <cstring>
 
-#include "common.cuh"
+#include "epilogue.cuh"
 
 namespace int8kern {
 namespace cuda {

@@ -1,231 +1,21 @@
-// int8 x int8 -> int32 GEMM on tensor cores (mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32,
-// sm_80+), C[i, j] = sum_k a[i, k] * b[j, k], with an exact int32 accumulator and a separable
-// epilogue (int32 store, or the LLM.int8() dequantize + bias + residual add of common.cuh).
-//
-// Layouts: a is [M, K] (row stride lda), b is [N, K] (row stride ldb), both K-major; this is
-// exactly mma's .row.col: A row-major, B "column-major" K x N = b's rows with K contiguous.
-// Shared memory keeps the same K-major layout, so one ldmatrix (b16 view of 8 rows x 16 bytes)
-// produces the int8 fragments directly, for A and for B alike.
-//
-// Fragment layouts (PTX ISA, mma.m16n8k32 .s8; g = lane >> 2, t = lane & 3; each .b32 holds
-// four consecutive-k int8, lowest k in the low byte):
-//   A (4 regs):  a0: row g,   k 4t..4t+3     a1: row g+8, k 4t..4t+3
-//                a2: row g,   k 16+4t..+3    a3: row g+8, k 16+4t..+3
-//   B (2 regs):  b0: col g,   k 4t..4t+3     b1: col g,   k 16+4t..+3
-//   C (4 s32):   c0, c1: row g, cols 2t, 2t+1        c2, c3: row g+8, cols 2t, 2t+1
-// ldmatrix.x4 gives register r[m] = matrix m (8 rows x 16 bytes, rows addressed by lanes
-// 8m..8m+7), thread `lane` receiving row lane>>2, bytes 4*(lane&3)..+3 of it. So for A the
-// four matrices are (rows 0-7, k 0-15), (rows 8-15, k 0-15), (rows 0-7, k 16-31),
-// (rows 8-15, k 16-31) = a0..a3; for B, (n 0-7, k 0-15), (n 0-7, k 16-31), (n 8-15, k 0-15),
-// (n 8-15, k 16-31) = b0, b1 of n-block 0 then b0, b1 of n-block 1.
-#include <algorithm>
-#include <atomic>
+// int8 x int8 -> int32 GEMM on tensor cores with mma.sync (sm_80+): the two kernels, their
+// launchers, and launch_int8_gemm, the entry point of every CUDA GEMM (it also hands plain
+// tiled problems to the sm_90a wgmma kernel when INT8KERN_CUDA_GEMM=wgmma).
+// C[i, j] = sum_k a[i, k] * b[j, k], with an exact int32 accumulator and a separable epilogue
+// (epilogue.cuh: int32 store, or the LLM.int8() dequantize + bias + residual add).
+// Where the pieces are: PTX wrappers and fragment layouts in mma_ptx.cuh; tile copies, the
+// per-stage ldmatrix + mma and the accumulator layout in gemm_mainloop.cuh; tile
+// configurations and the planner (which kernel, tile and K split) in gemm_plan.cuh.
 #include <cstdlib>
 #include <cstring>
 
-#include "common.cuh"
-
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
-#define INT8KERN_NO_MMA 1  // cp.async / int8 mma.m16n8k32 need sm_80: kernels trap
-#endif
+#include "epilogue.cuh"
+#include "gemm_mainloop.cuh"
+#include "gemm_plan.cuh"
 
 namespace int8kern {
 namespace cuda {
 namespace {
-
-// ----------------------------------------------------------------------------------------
-// PTX wrappers.
-// ----------------------------------------------------------------------------------------
-INT8KERN_D uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy, L1 bypass. Caller guarantees 16B alignment of both and that
-// all 16 source bytes are in bounds.
-INT8KERN_D void cp_async_16(uint32_t dst, const void* src) {
-#ifndef INT8KERN_NO_MMA
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
-               "l"(__cvta_generic_to_global(src))
-               : "memory");
-#else
-  __trap();
-#endif
-}
-INT8KERN_D void cp_async_commit() {
-#ifndef INT8KERN_NO_MMA
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-// Wait until at most N of this thread's committed groups are still in flight.
-template <int N>
-INT8KERN_D void cp_async_wait() {
-#ifndef INT8KERN_NO_MMA
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-INT8KERN_D void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-#ifndef INT8KERN_NO_MMA
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#else
-  r[0] = r[1] = r[2] = r[3] = 0;
-  __trap();
-#endif
-}
-
-// c += a (16x32, row) * b (32x8, col), exact int32.
-INT8KERN_D void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#ifndef INT8KERN_NO_MMA
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  __trap();
-#endif
-}
-
-// ----------------------------------------------------------------------------------------
-// Tile configuration.
-// ----------------------------------------------------------------------------------------
-template <int BM_, int BN_, int WM_, int WN_, int kMinBlocks_, int BK_ = 64, int kStages_ = 2>
-struct TileConfig {
-  static constexpr int BM = BM_;  // block tile rows (of a / C)
-  static constexpr int BN = BN_;  // block tile cols (rows of b)
-  static constexpr int BK = BK_;  // k bytes per stage (BK / 32 mma k-steps)
-  static constexpr int WM = WM_;  // warp tile
-  static constexpr int WN = WN_;
-  static constexpr int kWarpsM = BM / WM;
-  static constexpr int kWarpsN = BN / WN;
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int MI = WM / 16;  // m16 fragments per warp
-  static constexpr int NI = WN / 8;   // n8 fragments per warp
-  // Shared row stride in bytes: BK data + 16 pad. For BK = 64, 80 B = 20 banks, so the 8
-  // 16-byte rows one ldmatrix phase reads start at banks 0, 20, 8, 28, 16, 4, 24, 12; for
-  // BK = 128, 144 B = 36 banks: 0, 4, 8, ..., 28. Conflict free either way. It is a multiple
-  // of 16, as cp.async 16 and ldmatrix need.
-  static constexpr int kStride = BK + 16;
-  static constexpr int kChunksPerRow = BK / 16;  // 16-byte chunks per tile row
-  // Shared-memory stages: int8_gemm_kernel double-buffers (2); int8_gemm_splitk_kernel runs a
-  // kStages-deep cp.async pipeline.
-  static constexpr int kStages = kStages_;
-  // __launch_bounds__ min blocks per SM: caps registers at 65536 / (kThreads * kMinBlocks)
-  // so that ptxas does not trade occupancy for hoisting epilogue loads.
-  static constexpr int kMinBlocks = kMinBlocks_;
-
-  static_assert(BK % 32 == 0, "whole mma k-steps per stage");
-  static_assert(BM % WM == 0 && BN % WN == 0, "warp tiling");
-  static_assert(WM % 16 == 0 && WN % 16 == 0, "B fragments are loaded 2 n8-blocks at a time");
-  static_assert((BM * kChunksPerRow) % kThreads == 0 && (BN * kChunksPerRow) % kThreads == 0,
-                "every thread copies the same number of chunks");
-  static_assert(kStages * (BM + BN) * kStride + 4 * (BM + BN) <= 48 * 1024,
-                "static shared memory limit (stages + epilogue row/col data)");
-};
-
-// 128x128x64 tile, 8 warps as 2 (m) x 4 (n), each warp 64x32 = 4 x 4 mma tiles.
-using BigTile = TileConfig<128, 128, 64, 32, 2>;
-// 64x64x64 tile, 4 warps as 2 x 2, each warp 32x32 = 2 x 4 mma tiles (small problems: more
-// blocks in flight, less zero padding).
-using SmallTile = TileConfig<64, 64, 32, 32, 4>;
-
-// Copy rows [row0, row0 + ROWS) x k bytes [k0, k0 + BK) of g (row stride ld, rows_total rows,
-// K columns) into one shared stage laid out [ROWS][kStride]. Each 16-byte chunk is either
-//   * cp.async'ed (kAligned and the whole chunk in bounds: the host checked g and ld are
-//     16B aligned, and k0 + kc is a multiple of 16), or
-//   * assembled from guarded byte loads, zero-filled past K (K tail; every chunk when
-//     !kAligned), or
-//   * zero (row past rows_total or chunk entirely past K).
-// Never reads out of bounds. Ordering: the caller's cp.async.wait_group + __syncthreads makes
-// both kinds of writes visible before any warp reads the stage.
-template <class Cfg, int ROWS, bool kAligned>
-INT8KERN_D void load_tile(int8_t* stage, const int8_t* __restrict__ g, int64_t ld,
-                          int64_t rows_total, int64_t K, int64_t row0, int64_t k0, int tid) {
-  constexpr int kChunks = ROWS * Cfg::kChunksPerRow;
-#pragma unroll
-  for (int it = 0; it < kChunks / Cfg::kThreads; ++it) {
-    const int c = tid + it * Cfg::kThreads;
-    const int r = c / Cfg::kChunksPerRow;
-    const int kc = (c % Cfg::kChunksPerRow) * 16;
-    int8_t* dst = stage + r * Cfg::kStride + kc;
-    const int64_t gr = row0 + r;
-    const int64_t gk = k0 + kc;
-    if (gr < rows_total && gk < K) {
-      const int8_t* src = g + gr * ld + gk;
-      if (kAligned && gk + 16 <= K) {
-        cp_async_16(smem_u32(dst), src);
-      } else {
-        const int64_t n = K - gk;  // >= 1 valid bytes
-        uint32_t w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-        for (int bi = 0; bi < 16; ++bi) {
-          if (bi < n) w[bi >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(src[bi])) << ((bi & 3) * 8);
-        }
-        *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
-      }
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
-    }
-  }
-}
-
-// One BK = 64 stage: 2 k-steps of 32; per k-step each warp loads MI A fragments and NI B
-// fragments with ldmatrix.x4 and issues MI * NI mma.m16n8k32.
-template <class Cfg>
-INT8KERN_D void compute_stage(const int8_t* sa, const int8_t* sb,
-                              int32_t (&acc)[Cfg::MI][Cfg::NI][4], int warp_m, int warp_n,
-                              int lane) {
-#pragma unroll
-  for (int kk = 0; kk < Cfg::BK; kk += 32) {
-    uint32_t af[Cfg::MI][4];
-    uint32_t bf[Cfg::NI][2];
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi) {
-      // lanes 8m..8m+7 address matrix m: rows +8 for m odd, k +16 for m >= 2.
-      const int row = warp_m * Cfg::WM + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-      const int col = kk + (lane >> 4) * 16;
-      ldmatrix_x4(af[mi], smem_u32(sa + row * Cfg::kStride + col));
-    }
-#pragma unroll
-    for (int np = 0; np < Cfg::NI / 2; ++np) {
-      // matrix m: n +8 for m >= 2, k +16 for m odd.
-      const int row = warp_n * Cfg::WN + np * 16 + (lane & 7) + (lane >> 4) * 8;
-      const int col = kk + ((lane >> 3) & 1) * 16;
-      uint32_t r[4];
-      ldmatrix_x4(r, smem_u32(sb + row * Cfg::kStride + col));
-      bf[2 * np][0] = r[0];
-      bf[2 * np][1] = r[1];
-      bf[2 * np + 1][0] = r[2];
-      bf[2 * np + 1][1] = r[3];
-    }
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi) {
-#pragma unroll
-      for (int ni = 0; ni < Cfg::NI; ++ni) mma_s8_16832(acc[mi][ni], af[mi], bf[ni]);
-    }
-  }
-}
-
-// Where a warp's mma accumulators sit in the block tile, flattened for the epilogue:
-// acc index idx = (mi * NI + ni) * 4 + c, with c the mma C register (c0..c3, see top).
-template <int MI, int NI>
-struct MmaAccLayout {
-  static constexpr int kCount = MI * NI * 4;
-  int wm0, wn0;  // warp tile origin inside the block tile
-  int g, t;      // lane >> 2, lane & 3
-  INT8KERN_D int row(int idx) const {
-    const int mi = idx / (NI * 4);
-    const int half = (idx >> 1) & 1;  // c2, c3 are 8 rows down
-    return wm0 + mi * 16 + half * 8 + g;
-  }
-  INT8KERN_D int col(int idx) const {
-    const int ni = (idx / 4) % NI;
-    return wn0 + ni * 8 + 2 * t + (idx & 1);
-  }
-};
 
 // int8_gemm_kernel
 //   Block tile BM x BN, k-stage BK = 64 bytes, 2-stage shared-memory double buffer
@@ -303,21 +93,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
-// ----------------------------------------------------------------------------------------
-// Few output tiles (decode, M <= 16; mid sizes): a deeper pipeline and split-K across blocks.
-// ----------------------------------------------------------------------------------------
-// Decode: one m16 row block, so the weight is streamed once. 16x64 block tile with 128-byte k stages (each weight row contributes one full 128 B line per
-// stage), 4 warps side by side in n (each 16x16 = 1 x 2 mma tiles, 8 accumulators), and a
-// 4-stage cp.async pipeline: while one stage is computed, 3 x 64 x 128 B = 24 KiB of weight
-// are in flight per block, ~96 KiB per H100 SM at the 4 blocks/SM its 46 KiB of shared memory
-// allows. Little's law wants ~16 KB per SM (3.35 TB/s x ~600 ns = 2 MB over 132 SMs), so the
-// pipeline covers latency even at 1-2 blocks per SM. At M = 1 only row 0 of the A tile is
-// real: A is 1/5 of the shared bytes but ~1/64 of the global bytes (zero rows are st.shared).
-using DecodeTile = TileConfig<16, 64, 16, 16, 4, 128, 4>;
-// Mid sizes (16 < M, few tiles): SmallTile's shape and warps in the split-K kernel with a
-// 3-stage pipeline (31 KiB of shared memory). 3 blocks per SM: at 4 (128 registers) sm_80
-// spills.
-using MidTile = TileConfig<64, 64, 32, 32, 3, 64, 3>;
 
 // int8_gemm_splitk_kernel
 //   Used where BigTile / SmallTile would leave SMs idle (see plan_gemm).
@@ -465,106 +240,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
-// cp.async path: every row start of a and b is 16B aligned, so every 16-byte chunk at a
-// k offset that is a multiple of 16 is aligned; chunks crossing K use byte loads.
-bool operands_aligned(const Int8GemmParams& p) {
-  return is_aligned(p.a, 16) && is_aligned(p.b, 16) && p.lda % 16 == 0 && p.ldb % 16 == 0;
-}
-
-// Multiprocessor count and shared memory per SM of the current device, queried once per
-// device (the attribute queries cost microseconds, a decode GEMM a few microseconds).
-struct DeviceInfo {
-  int sms;
-  int smem_per_sm;
-};
-DeviceInfo current_device_info() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cached_sms[kMaxDevices] = {};  // 0: not queried yet
-  static std::atomic<int> cached_smem[kMaxDevices] = {};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
-  const bool cacheable = dev >= 0 && dev < kMaxDevices;
-  if (cacheable) {
-    const int sms = cached_sms[dev].load(std::memory_order_relaxed);
-    const int smem = cached_smem[dev].load(std::memory_order_relaxed);
-    if (sms > 0 && smem > 0) return {sms, smem};
-  }
-  int sms = 0, smem = 0;
-  if (dev < 0 || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
-      sms <= 0 || smem <= 0) {
-    return {132, 228 * 1024};  // H100 SXM; only the split factor depends on it, never results
-  }
-  if (cacheable) {  // racing threads store the same values
-    cached_sms[dev].store(sms, std::memory_order_relaxed);
-    cached_smem[dev].store(smem, std::memory_order_relaxed);
-  }
-  return {sms, smem};
-}
-
-// How launch_int8_gemm runs a problem. The one place that decides it: the launch and
-// int8_gemm_workspace_elems both call plan_gemm, so they agree on the split.
-enum class Family { kTiled, kDecode, kMid };
-struct GemmPlan {
-  Family family = Family::kTiled;  // kTiled: int8_gemm_kernel with BigTile / SmallTile
-  int64_t split = 1;               // K-slices per output tile (gridDim.z); > 1 needs the workspace
-  int64_t kt_per_split = 0;        // k-tiles (Cfg::BK bytes) per slice
-  int64_t tiles = 0;               // output tiles of the family's Cfg (= split-K counters)
-};
-
-// Below 512 bytes of K per slice, a block's pipeline fill, drain and atomics cost more than
-// the bytes it streams.
-constexpr int64_t kMinSliceBytes = 512;
-
-// Split factor for int8_gemm_splitk_kernel<Cfg>: enough blocks for at least 2 per SM, up to
-// one full wave of resident blocks; no more, since every extra slice adds M x N atomics and a
-// pipeline fill. Even slices, none empty.
-template <class Cfg>
-void choose_split(GemmPlan& plan, const Int8GemmParams& p, bool can_split) {
-  const int64_t ktiles = ceil_div<int64_t>(p.K, Cfg::BK);
-  plan.tiles = ceil_div<int64_t>(p.M, Cfg::BM) * ceil_div<int64_t>(p.N, Cfg::BN);
-  plan.split = 1;
-  plan.kt_per_split = ktiles;
-  if (!can_split) return;
-  const DeviceInfo dev = current_device_info();
-  // Blocks one SM holds at once: shared memory (1 KiB per block reserved by the runtime) or
-  // the register cap of __launch_bounds__. DecodeTile: 4 on H100, 3 on A100.
-  constexpr int64_t kSmem =
-      Cfg::kStages * (Cfg::BM + Cfg::BN) * Cfg::kStride + 4 * (Cfg::BM + Cfg::BN) + 4;
-  const int64_t resident = std::max<int64_t>(
-      1, std::min<int64_t>(Cfg::kMinBlocks, dev.smem_per_sm / (kSmem + 1024)));
-  int64_t split = std::max<int64_t>(ceil_div<int64_t>(2 * dev.sms, plan.tiles),
-                                    resident * dev.sms / plan.tiles);
-  split = std::min<int64_t>(split, ktiles / (kMinSliceBytes / Cfg::BK));
-  if (split <= 1) return;
-  // split >= 2 and ktiles >= 2 * (slice minimum) here, so kt_per_split < ktiles and the
-  // recomputed split is >= 2 with its last slice non-empty.
-  plan.kt_per_split = ceil_div<int64_t>(ktiles, split);
-  plan.split = ceil_div<int64_t>(ktiles, plan.kt_per_split);
-}
-
-GemmPlan plan_gemm(const Int8GemmParams& p, bool can_split) {
-  GemmPlan plan;
-  if (p.M <= DecodeTile::BM) {
-    // Decode: M fits one m16 row block, so each weight byte is read from HBM once, and the
-    // BigTile / SmallTile alternatives would pad A to 64-128 rows and leave most SMs idle.
-    plan.family = Family::kDecode;
-    choose_split<DecodeTile>(plan, p, can_split);
-    return plan;
-  }
-  // Mid sizes (batched decode, short prompts): where SmallTile would be picked but its tiles
-  // leave SMs idle, the same tile split along K (MidTile) fills them.
-  const int64_t big_tiles = ceil_div<int64_t>(p.M, BigTile::BM) * ceil_div<int64_t>(p.N, BigTile::BN);
-  const int64_t small_tiles =
-      ceil_div<int64_t>(p.M, SmallTile::BM) * ceil_div<int64_t>(p.N, SmallTile::BN);
-  if (can_split && big_tiles < 132 && small_tiles < current_device_info().sms) {
-    GemmPlan mid;
-    mid.family = Family::kMid;
-    choose_split<MidTile>(mid, p, can_split);
-    if (mid.split > 1) return mid;
-  }
-  return plan;  // kTiled; launch_gemm_epi picks BigTile or SmallTile
-}
 
 template <class Cfg, class Epilogue>
 void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epilogue& epi,
@@ -577,58 +252,40 @@ void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epi
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
                   static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)),
                   static_cast<unsigned>(plan.split));  // <= K / 512 <= 256
-  if (operands_aligned(p)) {
-    int8_gemm_splitk_kernel<Cfg, true, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
+  INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
+    int8_gemm_splitk_kernel<Cfg, kAligned, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
         p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, plan.kt_per_split, ws, counters, epi);
-  } else {
-    int8_gemm_splitk_kernel<Cfg, false, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
-        p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, plan.kt_per_split, ws, counters, epi);
-  }
+  });
 }
 
 template <class Cfg, class Epilogue>
-void launch_gemm_cfg(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t stream) {
-  const bool aligned = operands_aligned(p);
+void launch_gemm_tiled(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t stream) {
   const int64_t tiles_m = ceil_div<int64_t>(p.M, Cfg::BM);
   const int64_t tiles_n = ceil_div<int64_t>(p.N, Cfg::BN);
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
                   static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)));
-  if (aligned) {
-    int8_gemm_kernel<Cfg, true, Epilogue>
+  INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
+    int8_gemm_kernel<Cfg, kAligned, Epilogue>
         <<<grid, Cfg::kThreads, 0, stream>>>(p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, epi);
-  } else {
-    int8_gemm_kernel<Cfg, false, Epilogue>
-        <<<grid, Cfg::kThreads, 0, stream>>>(p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, epi);
-  }
+  });
 }
 
 template <class Epilogue>
-void launch_gemm_epi(const Int8GemmParams& p, const Epilogue& epi, cudaStream_t stream) {
-  // Decode regime (M <= 16): DecodeTile, split-K when a workspace was given; mid sizes with
-  // few tiles: MidTile split-K (only with a workspace).
-  const GemmPlan plan = plan_gemm(p, p.workspace != nullptr);
-  if (plan.family == Family::kDecode) {
-    launch_gemm_splitk<DecodeTile>(p, plan, epi, stream);
-    return;
-  }
-  if (plan.family == Family::kMid) {
-    launch_gemm_splitk<MidTile>(p, plan, epi, stream);
-    return;
-  }
-  // Big tiles only when they alone give about one wave on an A100/H100 (108 / 132 SMs).
-  const int64_t big_tiles = ceil_div<int64_t>(p.M, BigTile::BM) * ceil_div<int64_t>(p.N, BigTile::BN);
-  if (big_tiles >= 132) {
-    launch_gemm_cfg<BigTile>(p, epi, stream);
-  } else {
-    launch_gemm_cfg<SmallTile>(p, epi, stream);
+void launch_mma(const Int8GemmParams& p, const GemmPlan& plan, const Epilogue& epi,
+                cudaStream_t stream) {
+  switch (plan.family) {
+    case Family::kDecode: launch_gemm_splitk<DecodeTile>(p, plan, epi, stream); break;
+    case Family::kMid: launch_gemm_splitk<MidTile>(p, plan, epi, stream); break;
+    case Family::kBig: launch_gemm_tiled<BigTile>(p, epi, stream); break;
+    case Family::kSmall: launch_gemm_tiled<SmallTile>(p, epi, stream); break;
   }
 }
 
-// INT8KERN_CUDA_GEMM selects the GEMM main loop: "mma" (default, any other value too) or
-// "wgmma" (gemm_wgmma.cu on sm_90a, falling back to mma.sync wherever it does not apply).
-// The default stays mma.sync because the wgmma kernel has been checked only by reasoning and
-// compilation, never run on hardware; an H100 session validates it first (selftest,
-// tests/test_wgmma.py). Read on every call, not once: getenv is a short scan of the
+// INT8KERN_CUDA_GEMM selects the main loop of plain tiled GEMMs: "mma" (default, any other
+// value too) or "wgmma" (gemm_wgmma.cu on sm_90a, falling back to mma.sync wherever it does
+// not apply). The default stays mma.sync because the wgmma kernel has been checked only by
+// reasoning and compilation, never run on hardware; an H100/H200 session validates it first
+// (selftest, tests/test_wgmma.py). Read on every call, not once: getenv is a short scan of the
 // environment, small next to a kernel launch, and tests and benchmarks can then switch
 // kernels inside one process (os.environ writes reach the C environment).
 bool wgmma_requested() {
@@ -638,6 +295,12 @@ bool wgmma_requested() {
 
 }  // namespace
 
+// gemm_wgmma.cu is sm_90a-only code, compiled and linked only when the build's arch list has
+// 9.0a (setup.py). This weak declaration resolves to it when it is linked and to null when it
+// is not, so this file needs no build flag to know which.
+WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t stream)
+    __attribute__((weak));
+
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
   if (p.M <= 0 || p.N <= 0 || p.K < 0) return 0;  // launch_int8_gemm launches nothing
   // [M, N] int32 partial sums, then one arrival counter per output tile.
@@ -645,18 +308,35 @@ int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
   return plan.split > 1 ? p.M * p.N + plan.tiles : 0;
 }
 
-void launch_int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {
+GemmLaunch launch_int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {
+  GemmLaunch launch;
   // K == 0 is allowed: the k loop does not run and the epilogue sees acc = 0.
-  if (p.M <= 0 || p.N <= 0 || p.K < 0) return;
-  if (wgmma_requested() && launch_int8_gemm_wgmma(p, stream)) return;
-  if (p.out_int32) {
-    const Int32Epilogue epi{static_cast<int32_t*>(p.out), p.ldo};
-    launch_gemm_epi(p, epi, stream);
-  } else {
-    const DequantEpilogue epi{p.out,        p.ldo,  p.out_dtype, p.row_absmax, p.col_absmax,
-                              p.bias,       p.add,  p.add_dtype, p.ld_add};
-    launch_gemm_epi(p, epi, stream);
+  if (p.M <= 0 || p.N <= 0 || p.K < 0) return launch;
+  // Decode and mid sizes are split-K plans (the weight streamed by every SM), which wgmma's
+  // 128x128 tiles would run on a few SMs with most A rows zero: it takes plain tiled plans only.
+  const GemmPlan plan = plan_gemm(p, p.workspace != nullptr);
+  launch.wgmma_requested = wgmma_requested();
+  if (launch.wgmma_requested && is_plain_tiled(plan)) {
+    launch.wgmma = launch_int8_gemm_wgmma != nullptr ? launch_int8_gemm_wgmma(p, stream)
+                                                     : WgmmaStatus::kNotBuilt;
+    if (launch.wgmma == WgmmaStatus::kLaunched) return launch;
   }
+  with_epilogue(p, [&](const auto& epi) { launch_mma(p, plan, epi, stream); });
+  return launch;
+}
+
+const char* wgmma_status_message(WgmmaStatus status) {
+  switch (status) {
+    case WgmmaStatus::kLaunched: return "the wgmma kernel ran";
+    case WgmmaStatus::kNotApplicable: return "the wgmma kernel does not apply to this shape or these strides";
+    case WgmmaStatus::kNotBuilt:
+      return "this build has no sm_90a code (TORCH_CUDA_ARCH_LIST had no 9.0a), so no wgmma kernel";
+    case WgmmaStatus::kNotSm90: return "the wgmma kernel runs on compute capability 9.0 only";
+    case WgmmaStatus::kRegisterShortfall:
+      return "ptxas gave the wgmma kernel fewer registers than its setmaxnreg hand-off needs";
+    case WgmmaStatus::kNoTensorMaps: return "the driver could not encode TMA tensor maps";
+  }
+  return "unknown";
 }
 
 }  // namespace cuda

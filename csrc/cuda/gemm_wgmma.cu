@@ -1,11 +1,13 @@
-// int8 x int8 -> int32 GEMM for sm_90a (H100): wgmma.mma_async from shared memory, TMA loads
+// int8 x int8 -> int32 GEMM for sm_90a (H100, H200): wgmma.mma_async from shared memory, TMA loads
 // completing on mbarriers, a warp-specialised producer/consumer pipeline, and the epilogues of
 // common.cuh applied to the accumulators in registers (same float ops, same bits as the
 // mma.sync kernel in gemm_mma.cu). C[i, j] = sum_k a[i, k] * b[j, k], exact int32.
 //
 // STATUS: written and compiled without a GPU; it has not run on hardware. launch_int8_gemm uses
 // it only when INT8KERN_CUDA_GEMM=wgmma (see gemm_mma.cu); the selftest and tests/test_wgmma.py
-// are what an H100 session runs to validate it before it may become the default on sm_90.
+// are what an H100/H200 session runs to validate it before it may become the default on sm_90.
+// This file is sm_90a code only: setup.py compiles it alone with -gencode
+// arch=compute_90a,code=sm_90a and links it only into builds whose arch list has 9.0a.
 //
 // int8_gemm_wgmma_kernel
 //   Block tile 128 x 128 (M x N), k-stage 128 bytes, kStages = 5 stages of 32 KB in dynamic
@@ -64,21 +66,17 @@
 
 #include <atomic>
 
-#include "common.cuh"
+#include "epilogue.cuh"
 
 // wgmma and setmaxnreg exist only on sm_90a; nvcc 13 defines __CUDA_ARCH_FEAT_SM90_ALL for
-// -gencode arch=compute_90a,code=sm_90a (checked with a probe: plain sm_90 and sm_80 do not).
-// Every other device pass (sm_80 SASS, compute_80 PTX) compiles a trapping kernel body, and the
-// launcher checks that the loaded kernel image was built from compute_90a before using it.
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define INT8KERN_WGMMA 1
+// -gencode arch=compute_90a,code=sm_90a (plain sm_90 and sm_80 do not).
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "gemm_wgmma.cu is sm_90a code: compile it with -gencode arch=compute_90a,code=sm_90a only"
 #endif
 
 namespace int8kern {
 namespace cuda {
-// Named (not anonymous) namespace: the sm_80 pass compiles a trapping kernel body that uses
-// none of these, and nvcc would warn about every unreferenced member of an anonymous one.
-namespace wgmma_detail {
+namespace {
 
 struct WgmmaTile {
   static constexpr int BM = 128, BN = 128;
@@ -97,12 +95,20 @@ struct WgmmaTile {
   static constexpr int kRowOffset = kBarOffset + 2 * kStages * 8;
   static constexpr int kColOffset = kRowOffset + BM * 4;
   static constexpr int kSmemBytes = kColOffset + BN * 4 + 1024;
-  static constexpr int kProducerRegs = 40;   // setmaxnreg: 128 * 40 + 256 * 232 = 64512
-  static constexpr int kConsumerRegs = 232;  //   <= 65536 registers of the SM
+  // Register hand-off: the block starts with kLaunchRegs per thread (what __launch_bounds__
+  // (384, 1) lets ptxas use: 65536 / 384 rounded down to the allocation unit of 8); the
+  // producer gives some back (setmaxnreg.dec) and the consumers take them (setmaxnreg.inc).
+  // The .inc waits until the block's pool holds what it asks for, so the kernel hangs unless
+  // 128 * kProducerRegs + 256 * kConsumerRegs <= 384 * (registers ptxas actually allocated):
+  // checked here against kLaunchRegs, and at run time against the loaded kernel's count.
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // 168
+  static constexpr int kProducerRegs = 40;   // 128 * 40 + 256 * 232 = 64512 = 384 * 168
+  static constexpr int kConsumerRegs = 232;
+  static constexpr int kHandOffRegs = 128 * kProducerRegs + 128 * kConsumerWGs * kConsumerRegs;
   static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0, "1024B-aligned operand tiles");
   static_assert(BK == 128, "one 128B swizzle row per tile row");
   static_assert(kSmemBytes <= 227 * 1024, "H100 opt-in shared memory per block");
-  static_assert(128 * kProducerRegs + 128 * kConsumerWGs * kConsumerRegs <= 65536, "regs");
+  static_assert(kHandOffRegs <= kThreads * kLaunchRegs, "setmaxnreg hand-off exceeds the block's registers");
 };
 
 // Where consumer thread's accumulator d[idx] sits in the 128 x 128 block tile (see top).
@@ -114,20 +120,9 @@ struct WgmmaAccLayout {
   INT8KERN_D int col(int idx) const { return (idx >> 2) * 8 + 2 * t + (idx & 1); }
 };
 
-}  // namespace wgmma_detail
-
-namespace {
-using wgmma_detail::WgmmaAccLayout;
-using wgmma_detail::WgmmaTile;
-
-#ifdef INT8KERN_WGMMA
 // ----------------------------------------------------------------------------------------
 // PTX wrappers (sm_90a only).
 // ----------------------------------------------------------------------------------------
-INT8KERN_D uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 INT8KERN_D void mbar_init(uint32_t bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -233,16 +228,12 @@ INT8KERN_D void wgmma_m64n128k32_s8(int32_t (&d)[WgmmaTile::kAcc], uint64_t desc
         "+r"(d[62]), "+r"(d[63])
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
-#endif  // INT8KERN_WGMMA
 
 template <class Epilogue>
 __global__ void __launch_bounds__(WgmmaTile::kThreads, 1)
     int8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tmap_a,
                            const __grid_constant__ CUtensorMap tmap_b, int64_t M, int64_t N,
                            int64_t K, const Epilogue epi) {
-#ifndef INT8KERN_WGMMA
-  __trap();  // not an sm_90a build: the launcher never launches this image
-#else
   using T = WgmmaTile;
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   // 128B swizzle needs 1024-aligned operand tiles (see top); align the base by hand.
@@ -348,7 +339,6 @@ __global__ void __launch_bounds__(WgmmaTile::kThreads, 1)
       epi.apply(acc, lay, ctx);
     }
   }
-#endif  // INT8KERN_WGMMA
 }
 
 // ----------------------------------------------------------------------------------------
@@ -396,56 +386,46 @@ bool encode_operand_map(CUtensorMap* m, const int8_t* base, int64_t rows, int64_
   return r == CUDA_SUCCESS;
 }
 
-// Per device, computed once: 0 = not yet known, -1 = the wgmma kernel cannot run there,
-// n > 0 = it can, on n SMs. Usable means: compute capability exactly 9.0 (sm_90a code runs on
-// 9.0 only), enough opt-in shared memory, and the loaded kernel image built for sm_90a (a build
-// without 9.0a would load a 9.0 cubin or JIT the compute_80 PTX: both bodies trap). The
-// dynamic shared-memory limit of both kernel instantiations is raised here, once per device.
+// Per device, computed once: 0 = not yet known, else 1 + the WgmmaStatus of the kernel there
+// (kLaunched: usable). Usable means: compute capability exactly 9.0 (sm_90a code runs on 9.0
+// only), enough opt-in shared memory, the kernels given the registers their hand-off needs,
+// and their dynamic shared-memory limit raised (done here, once per device).
 constexpr int kMaxDevices = 64;
 std::atomic<int> g_device_state[kMaxDevices];
 
-// Which body the runtime loaded for this device. ptxVersion alone cannot tell a 9.0a image from
-// a plain 9.0 one (TORCH_CUDA_ARCH_LIST=9.0 without the "a": both report 90, and the 9.0 body
-// is the trap). The register count can, without a device round trip: the real body needs the
-// 168 registers its launch bounds allow (ptxas -v), the trap a handful.
-struct KernelImage {
-  int ptx_version, num_regs;
-  bool is_sm90a_body() const { return ptx_version >= 90 && num_regs >= 64; }
-};
-
 template <class Epilogue>
-bool prepare_kernel(KernelImage* img) {
+WgmmaStatus prepare_kernel() {
   const auto kernel = int8_gemm_wgmma_kernel<Epilogue>;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) return false;
-  *img = KernelImage{attr.ptxVersion, attr.numRegs};
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              WgmmaTile::kSmemBytes) == cudaSuccess;
+  if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) return WgmmaStatus::kNotSm90;
+  // Another nvcc, -maxrregcount or a retune can change the count: then the consumers'
+  // setmaxnreg.inc would wait forever for registers the block never had.
+  if (attr.numRegs * WgmmaTile::kThreads < WgmmaTile::kHandOffRegs) return WgmmaStatus::kRegisterShortfall;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           WgmmaTile::kSmemBytes) != cudaSuccess)
+    return WgmmaStatus::kNotSm90;
+  return WgmmaStatus::kLaunched;
 }
 
-int device_state(int dev) {
-  if (dev < 0 || dev >= kMaxDevices) return -1;
-  int state = g_device_state[dev].load(std::memory_order_acquire);
-  if (state != 0) return state;
-  int major = 0, minor = 0, sms = 0, smem_optin = 0;
-  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
-                cudaSuccess;
-  ok = ok && major == 9 && minor == 0 && sms > 0 && smem_optin >= WgmmaTile::kSmemBytes;
-  KernelImage i32{}, dq{};
-  ok = ok && prepare_kernel<Int32Epilogue>(&i32) && prepare_kernel<DequantEpilogue>(&dq);
-  ok = ok && i32.is_sm90a_body() && dq.is_sm90a_body();
-  if (!ok) (void)cudaGetLastError();  // queries that failed must not fail the next launch
-  state = ok ? sms : -1;
-  g_device_state[dev].store(state, std::memory_order_release);  // idempotent if raced
-  return state;
+WgmmaStatus device_status(const DeviceProps& dev) {
+  if (dev.device < 0 || dev.device >= kMaxDevices) return WgmmaStatus::kNotSm90;
+  int state = g_device_state[dev.device].load(std::memory_order_acquire);
+  if (state != 0) return static_cast<WgmmaStatus>(state - 1);
+  WgmmaStatus s = WgmmaStatus::kLaunched;
+  if (dev.error != cudaSuccess || dev.major != 9 || dev.minor != 0 || dev.sms <= 0 ||
+      dev.smem_per_block_optin < WgmmaTile::kSmemBytes)
+    s = WgmmaStatus::kNotSm90;
+  if (s == WgmmaStatus::kLaunched) s = prepare_kernel<Int32Epilogue>();
+  if (s == WgmmaStatus::kLaunched) s = prepare_kernel<DequantEpilogue>();
+  if (s == WgmmaStatus::kLaunched && tensor_map_encoder() == nullptr) s = WgmmaStatus::kNoTensorMaps;
+  if (s != WgmmaStatus::kLaunched) (void)cudaGetLastError();  // must not fail the next launch
+  g_device_state[dev.device].store(1 + static_cast<int>(s), std::memory_order_release);  // idempotent if raced
+  return s;
 }
 
 template <class Epilogue>
-void launch_wgmma_epi(const Int8GemmParams& p, const CUtensorMap& ta, const CUtensorMap& tb,
-                      int sms, const Epilogue& epi, cudaStream_t stream) {
+void launch_wgmma(const Int8GemmParams& p, const CUtensorMap& ta, const CUtensorMap& tb,
+                  int sms, const Epilogue& epi, cudaStream_t stream) {
   const int64_t tiles = ceil_div<int64_t>(p.M, WgmmaTile::BM) * ceil_div<int64_t>(p.N, WgmmaTile::BN);
   const unsigned grid = static_cast<unsigned>(min_of<int64_t>(tiles, sms));
   int8_gemm_wgmma_kernel<Epilogue><<<grid, WgmmaTile::kThreads, WgmmaTile::kSmemBytes, stream>>>(
@@ -454,36 +434,26 @@ void launch_wgmma_epi(const Int8GemmParams& p, const CUtensorMap& ta, const CUte
 
 }  // namespace
 
-bool launch_int8_gemm_wgmma(const Int8GemmParams& p, cudaStream_t stream) {
+WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& p, cudaStream_t stream) {
   // Shapes: TMA box coordinates are int32; K = 0 has no k-stage (the mma path handles it).
-  if (p.M <= 0 || p.N <= 0 || p.K <= 0) return false;
+  if (p.M <= 0 || p.N <= 0 || p.K <= 0) return WgmmaStatus::kNotApplicable;
   // (tile origins m0, n0 < M + 128 must fit too).
-  if (p.M > INT32_MAX - 256 || p.N > INT32_MAX - 256 || p.K > INT32_MAX - 256) return false;
+  if (p.M > INT32_MAX - 256 || p.N > INT32_MAX - 256 || p.K > INT32_MAX - 256)
+    return WgmmaStatus::kNotApplicable;
   // TMA: global base 16-byte aligned, row strides (bytes) multiples of 16. Any K works: the box
   // is zero-filled past K, as it is past M and N.
   if (!is_aligned(p.a, 16) || !is_aligned(p.b, 16) || p.lda % 16 != 0 || p.ldb % 16 != 0 ||
       p.lda < p.K || p.ldb < p.K)
-    return false;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  const int sms = device_state(dev);
-  if (sms <= 0) return false;
+    return WgmmaStatus::kNotApplicable;
+  const DeviceProps& dev = current_device_props();
+  const WgmmaStatus status = device_status(dev);
+  if (status != WgmmaStatus::kLaunched) return status;
   CUtensorMap ta, tb;
   if (!encode_operand_map(&ta, p.a, p.M, p.K, p.lda, WgmmaTile::BM) ||
       !encode_operand_map(&tb, p.b, p.N, p.K, p.ldb, WgmmaTile::BN))
-    return false;
-  if (p.out_int32) {
-    const Int32Epilogue epi{static_cast<int32_t*>(p.out), p.ldo};
-    launch_wgmma_epi(p, ta, tb, sms, epi, stream);
-  } else {
-    const DequantEpilogue epi{p.out,  p.ldo, p.out_dtype, p.row_absmax, p.col_absmax,
-                              p.bias, p.add, p.add_dtype, p.ld_add};
-    launch_wgmma_epi(p, ta, tb, sms, epi, stream);
-  }
-  return true;
+    return WgmmaStatus::kNoTensorMaps;
+  with_epilogue(p, [&](const auto& epi) { launch_wgmma(p, ta, tb, dev.sms, epi, stream); });
+  return WgmmaStatus::kLaunched;
 }
 
 }  // namespace cuda

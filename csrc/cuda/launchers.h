@@ -107,20 +107,55 @@ struct Int8GemmParams {
   // each need their own. Null: no split-K (correct, slower at small M).
   int32_t* workspace = nullptr;
 };
-void launch_int8_gemm(const Int8GemmParams& params, cudaStream_t stream);
+
+// Why the sm_90a wgmma GEMM did not run a launch (kLaunched: it did). kNotApplicable is the
+// shape or the operands (decode and mid sizes are split-K work for mma.sync; TMA needs
+// 16-byte alignment); the others mean it cannot run in this process at all.
+enum class WgmmaStatus : int {
+  kLaunched = 0,
+  kNotApplicable,
+  kNotBuilt,          // the extension was built without sm_90a (TORCH_CUDA_ARCH_LIST lacks 9.0a)
+  kNotSm90,           // the device is not compute capability 9.0
+  kRegisterShortfall, // ptxas gave the kernel fewer registers than its setmaxnreg hand-off needs
+  kNoTensorMaps,      // the driver has no cuTensorMapEncodeTiled, or a query failed
+};
+const char* wgmma_status_message(WgmmaStatus status);
+
+// Which main loop ran a GEMM. wgmma_requested: INT8KERN_CUDA_GEMM is "wgmma" (read on every
+// launch, so tests and benchmarks can switch inside a process); then wgmma == kLaunched if the
+// wgmma kernel ran it, else why the mma.sync kernels did (the caller may warn once).
+struct GemmLaunch {
+  bool wgmma_requested = false;
+  WgmmaStatus wgmma = WgmmaStatus::kNotApplicable;
+};
+GemmLaunch launch_int8_gemm(const Int8GemmParams& params, cudaStream_t stream);
 
 // int32 elements of the zeroed workspace launch_int8_gemm uses for params on the current
 // device (0: none, leave params.workspace null). Depends on M, N, K and the device's SM
 // count only; call it under the same device as the launch.
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& params);
 
-// The same GEMM on sm_90a: wgmma.mma_async + TMA + an mbarrier pipeline (gemm_wgmma.cu).
-// Launches and returns true only where it applies: an sm_90 device running the sm_90a image,
-// K >= 1, a and b 16-byte aligned with row strides lda, ldb multiples of 16 bytes (TMA's
-// rules), M, N < 2^31, and the driver's cuTensorMapEncodeTiled found. Otherwise launches
-// nothing and returns false (the caller falls back to launch_int8_gemm's mma.sync kernel).
+// The same GEMM on sm_90a: wgmma.mma_async + TMA + an mbarrier pipeline (gemm_wgmma.cu, built
+// only for sm_90a and linked only into builds whose arch list has 9.0a). Launches and returns
+// kLaunched only where it applies: an sm_90 device, K >= 1, a and b 16-byte aligned with row
+// strides lda, ldb multiples of 16 bytes (TMA's rules), M, N < 2^31, the kernel given the
+// registers its hand-off needs, and the driver's cuTensorMapEncodeTiled found. Otherwise
+// launches nothing and says why (the caller falls back to the mma.sync kernels).
 // Not yet run on hardware: launch_int8_gemm tries it only when INT8KERN_CUDA_GEMM=wgmma.
-bool launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t stream);
+WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t stream);
+
+// The properties of a device that the kernels' planning and checks use, queried once per
+// device (device_props.cu). error != cudaSuccess: a query failed, the other fields are 0.
+struct DeviceProps {
+  int device = -1;
+  cudaError_t error = cudaSuccess;
+  int major = 0, minor = 0;     // compute capability
+  int sms = 0;                  // multiprocessors
+  int smem_per_sm = 0;          // bytes of shared memory per multiprocessor
+  int smem_per_block_optin = 0; // bytes of dynamic shared memory one block may opt in to
+};
+const DeviceProps& device_props(int device);
+const DeviceProps& current_device_props();  // of cudaGetDevice()
 
 // Standalone dequantize of an int32 accumulator, same formula as the GEMM epilogue.
 //   acc: int32 [M, N] contiguous; out: [M, N] contiguous in out_dtype;

@@ -28,13 +28,32 @@ DType to_dtype(at::ScalarType t) {
 }
 
 // mma.sync.m16n8k32 on int8 needs sm_80; say so instead of failing with "no kernel image".
-void check_tensor_cores(const char* op, const at::Tensor& t) {
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.device().index()));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, t.device().index()));
-  TORCH_CHECK(major >= 8, "int8kern.", op,
+// Returns the device's properties (queried once per device, device_props.cu).
+const DeviceProps& check_tensor_cores(const char* op, const at::Tensor& t) {
+  const DeviceProps& dev = device_props(t.device().index());
+  C10_CUDA_CHECK(dev.error);
+  TORCH_CHECK(dev.major >= 8, "int8kern.", op,
               ": the CUDA int8 GEMM needs compute capability 8.0 or newer (A100, H100, ...), "
-              "got ", major, ".", minor, " on ", t.device());
+              "got ", dev.major, ".", dev.minor, " on ", t.device());
+  return dev;
+}
+
+// The row stride the kernels are given for a 2-D tensor made contiguous. A single row keeps
+// whatever stride its size-1 dimension had through .contiguous() (any value is "contiguous"
+// there), and the stride decides the vector / cp.async / TMA paths: give it K.
+int64_t row_stride(const at::Tensor& t) { return t.size(0) == 1 ? t.size(1) : t.stride(0); }
+
+// Every CUDA GEMM goes through here: launch, check the launch, and say once per process when
+// INT8KERN_CUDA_GEMM=wgmma asked for a kernel that cannot run here (not for shapes it does not
+// take: decode and mid sizes are the mma.sync kernels' by design).
+void run_gemm(const Int8GemmParams& p, cudaStream_t stream) {
+  const GemmLaunch launch = launch_int8_gemm(p, stream);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (launch.wgmma_requested && launch.wgmma != WgmmaStatus::kLaunched &&
+      launch.wgmma != WgmmaStatus::kNotApplicable) {
+    TORCH_WARN_ONCE("int8kern: INT8KERN_CUDA_GEMM=wgmma, but ", wgmma_status_message(launch.wgmma),
+                    "; using the mma.sync GEMM");
+  }
 }
 
 void fill_epilogue(Int8GemmParams& p, const at::Tensor& row_absmax, const at::Tensor& col_absmax,
@@ -47,7 +66,7 @@ void fill_epilogue(Int8GemmParams& p, const at::Tensor& row_absmax, const at::Te
   p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
   p.add = add_e ? add_e->data_ptr() : nullptr;
   p.add_dtype = add_e ? to_dtype(add_e->scalar_type()) : p.out_dtype;
-  p.ld_add = add_e ? add_e->stride(0) : 0;
+  p.ld_add = add_e ? row_stride(*add_e) : 0;
 }
 
 Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor& out) {
@@ -57,10 +76,10 @@ Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor&
   p.M = a.size(0);
   p.N = b.size(0);
   p.K = a.size(1);
-  p.lda = a.stride(0);
-  p.ldb = b.stride(0);
+  p.lda = row_stride(a);
+  p.ldb = row_stride(b);
   p.out = out.data_ptr();
-  p.ldo = out.stride(0);
+  p.ldo = row_stride(out);
   return p;
 }
 
@@ -94,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
   const bool find_outliers = threshold > 0.0;
   auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
   if (M > 0) {
-    launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, xc.stride(0),
+    launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, row_stride(xc),
                             static_cast<float>(threshold), q.data_ptr<int8_t>(),
                             row_absmax.data_ptr<float>(),
                             find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
@@ -122,8 +141,7 @@ at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   auto p = gemm_params(a, b, out);
   p.out_int32 = true;
   const auto ws = attach_gemm_workspace(p, a);
-  launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_gemm(p, c10::cuda::getCurrentCUDAStream());
   return out;
 }
 
@@ -146,8 +164,7 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   auto p = gemm_params(a, b, out);
   fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
   const auto ws = attach_gemm_workspace(p, a);
-  launch_int8_gemm(p, c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_gemm(p, c10::cuda::getCurrentCUDAStream());
   return out;
 }
 
@@ -196,7 +213,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   const int64_t M = x2.size(0);
   auto y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y.view(out_shape);
-  check_tensor_cores(op, x);
+  const DeviceProps& dev = check_tensor_cores(op, x);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto w = weight.contiguous();
   const auto w_absmax = weight_absmax.contiguous();
@@ -206,7 +223,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
   const bool find_outliers = threshold > 0.0;
   auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
-  launch_quantize_rowwise(x2.data_ptr(), dtype, M, K, x2.stride(0), static_cast<float>(threshold),
+  launch_quantize_rowwise(x2.data_ptr(), dtype, M, K, row_stride(x2), static_cast<float>(threshold),
                           q.data_ptr<int8_t>(), row_absmax.data_ptr<float>(),
                           find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -226,11 +243,11 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
     p.x = x2.data_ptr();
     p.M = M;
     p.K = K;
-    p.ldx = x2.stride(0);
+    p.ldx = row_stride(x2);
     p.q = q.data_ptr<int8_t>();
     p.weight = w.data_ptr<int8_t>();
     p.N = N;
-    p.ldw = w.stride(0);
+    p.ldw = row_stride(w);
     p.weight_absmax = w_absmax.data_ptr<float>();
     p.cols = cols.data_ptr<int32_t>();
     p.n_cols = n_cols.data_ptr<int32_t>();
@@ -240,12 +257,15 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 
     // In x's dtype, as the reference's outlier product; zero columns past the count add 0.
-    auto product = at::mm(x_out, w_out.t()).contiguous();
+    // float32 in float64: at::mm of float32 follows torch's global TF32 switch, which would
+    // drop 13 mantissa bits of the largest terms; in float64 the products are exact and the
+    // sum is rounded to float32 once, as the CPU epilogue does, whatever that switch says.
+    auto product = dtype == DType::Float32
+                       ? at::mm(x_out.to(at::kDouble), w_out.to(at::kDouble).t()).to(at::kFloat)
+                       : at::mm(x_out, w_out.t()).contiguous();
     p.add = product.data_ptr();
-    p.ld_add = product.stride(0);
-    int sms = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index()));
-    launch_outlier_spill(p, 2 * sms, stream);
+    p.ld_add = row_stride(product);
+    launch_outlier_spill(p, 2 * dev.sms, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     add = product;
   }
@@ -254,8 +274,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   auto gp = gemm_params(q, w, y);
   fill_epilogue(gp, row_absmax, w_absmax, bias_f, add, x.scalar_type());
   const auto ws = attach_gemm_workspace(gp, q);  // split-K scratch at decode sizes
-  launch_int8_gemm(gp, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_gemm(gp, stream);
   return y.view(out_shape);
 }
 
