@@ -434,6 +434,16 @@ void launch_wgmma(const Int8GemmParams& p, const CUtensorMap& ta, const CUtensor
 
 }  // namespace
 
+int wgmma_kernel_registers() {
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, int8_gemm_wgmma_kernel<DequantEpilogue>) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return attr.numRegs;
+}
+int wgmma_registers_needed() { return WgmmaTile::kHandOffRegs / WgmmaTile::kThreads; }
+
 WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& p, cudaStream_t stream) {
   // Shapes: TMA box coordinates are int32; K = 0 has no k-stage (the mma path handles it).
   if (p.M <= 0 || p.N <= 0 || p.K <= 0) return WgmmaStatus::kNotApplicable;

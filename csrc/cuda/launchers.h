@@ -143,6 +143,10 @@ int64_t int8_gemm_workspace_elems(const Int8GemmParams& params);
 // launches nothing and says why (the caller falls back to the mma.sync kernels).
 // Not yet run on hardware: launch_int8_gemm tries it only when INT8KERN_CUDA_GEMM=wgmma.
 WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t stream);
+// Registers per thread of the wgmma kernel image loaded on the current device (0 when none
+// loads), and the count its setmaxnreg hand-off needs: for the self-test's report.
+int wgmma_kernel_registers();
+int wgmma_registers_needed();
 
 // The properties of a device that the kernels' planning and checks use, queried once per
 // device (device_props.cu). error != cudaSuccess: a query failed, the other fields are 0.

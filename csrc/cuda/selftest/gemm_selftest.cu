@@ -1,10 +1,8 @@
 // Standalone self-test of the int8kern CUDA kernels (no torch). Needs an sm_80+ GPU; the wgmma
 // GEMM is tested on sm_90 (H100/H200) and checked to refuse elsewhere.
-// Build and run from the repository root (one command line):
-//   nvcc -std=c++17 -O2 -Icsrc -Xcompiler -ffp-contract=off
-//     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
-//     csrc/cuda/selftest/gemm_selftest.cu csrc/cuda/gemm_mma.cu csrc/cuda/quantize.cu
-//     csrc/cuda/dequantize.cu csrc/cuda/outliers.cu csrc/cuda/gemm_wgmma.cu -o /tmp/selftest && /tmp/selftest
+// Build: scripts/build_selftest.sh (gemm_wgmma.cu for sm_90a alone, the rest for sm_80 and
+// sm_90a, host code with -ffp-contract=off), then run build/selftest/selftest. Run it again
+// with INT8KERN_CUDA_GEMM=wgmma to send every plain tiled GEMM case to the wgmma kernel.
 // (no -lcuda: gemm_wgmma.cu reaches cuTensorMapEncodeTiled through cudaGetDriverEntryPoint).
 // Exit status 0 when every check passes. All comparisons are exact (bitwise for floats, NaN
 // matching NaN): the kernels promise the same float32 operations as the CPU references here
@@ -389,8 +387,9 @@ static void test_wgmma_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64
   Int8GemmParams p;
   p.a = da.p; p.b = db.p; p.M = M; p.N = N; p.K = K; p.lda = lda; p.ldb = ldb;
   p.out = dc.p; p.ldo = ldo; p.out_int32 = true;
-  if (!launch_int8_gemm_wgmma(p, 0)) {
-    report(false, (std::string(what) + " (refused an eligible case)").c_str());
+  const WgmmaStatus st = launch_int8_gemm_wgmma(p, 0);
+  if (st != WgmmaStatus::kLaunched) {
+    report(false, (std::string(what) + " (refused an eligible case: " + wgmma_status_message(st) + ")").c_str());
     return;
   }
   CK(cudaGetLastError());
@@ -448,8 +447,9 @@ static void test_wgmma_dequant(int64_t M, int64_t N, int64_t K, DType out_d, boo
   p.out = dout.p; p.ldo = ldo; p.out_int32 = false; p.out_dtype = out_d;
   p.row_absmax = dra.p; p.col_absmax = dca.p; p.bias = use_bias ? dbias.p : nullptr;
   if (add_mode) { p.add = dadd.p; p.add_dtype = add_d; p.ld_add = ld_add; }
-  if (!launch_int8_gemm_wgmma(p, 0)) {
-    report(false, (std::string(what) + " (refused an eligible case)").c_str());
+  const WgmmaStatus st = launch_int8_gemm_wgmma(p, 0);
+  if (st != WgmmaStatus::kLaunched) {
+    report(false, (std::string(what) + " (refused an eligible case: " + wgmma_status_message(st) + ")").c_str());
     return;
   }
   CK(cudaGetLastError());
@@ -486,8 +486,8 @@ static void test_wgmma_refusals() {
     Int8GemmParams p;
     p.a = buf.p + c.off; p.b = buf.p; p.M = c.M; p.N = c.N; p.K = c.K; p.lda = c.lda; p.ldb = c.ldb;
     p.out = out.p; p.ldo = c.N; p.out_int32 = true;
-    const bool launched = launch_int8_gemm_wgmma(p, 0);
-    report(!launched && cudaGetLastError() == cudaSuccess,
+    const WgmmaStatus st = launch_int8_gemm_wgmma(p, 0);
+    report(st == WgmmaStatus::kNotApplicable && cudaGetLastError() == cudaSuccess,
            (std::string("wgmma refuses: ") + c.what).c_str());
   }
 }
@@ -515,6 +515,49 @@ static void test_wgmma_all() {
     test_wgmma_dequant(1500, 1500, 48, od, true, 2);  // more tiles than SMs
   }
   test_wgmma_refusals();
+}
+
+// launch_int8_gemm with INT8KERN_CUDA_GEMM=wgmma: split-K plans (decode, mid sizes) stay on
+// mma.sync and are never offered to wgmma; a plain tiled plan runs on wgmma (sm_90) with the
+// same result as mma.sync.
+static void test_wgmma_routing(bool sm90) {
+  struct Case { int64_t M, N, K; bool plain; };
+  const Case cases[] = {{1, 4096, 4096, false}, {16, 200, 40000, false}, {100, 1000, 5137, false},
+                        {256, 4096, 1024, true}, {1500, 1500, 48, true}};
+  const char* saved = std::getenv("INT8KERN_CUDA_GEMM");
+  const std::string saved_value = saved ? saved : "";
+  for (const auto& c : cases) {
+    std::vector<int8_t> ha((size_t)(c.M * c.K)), hb((size_t)(c.N * c.K));
+    fill_int8(ha, 0);
+    fill_int8(hb, 0);
+    DevBuf<int8_t> da(ha.size()), db(hb.size());
+    da.up(ha);
+    db.up(hb);
+    DevBuf<int32_t> d_mma((size_t)(c.M * c.N)), d_wg((size_t)(c.M * c.N));
+    Int8GemmParams p;
+    p.a = da.p; p.b = db.p; p.M = c.M; p.N = c.N; p.K = c.K; p.lda = c.K; p.ldb = c.K;
+    p.ldo = c.N; p.out_int32 = true;
+    const Workspace ws(p);
+    ws.attach(p);
+    setenv("INT8KERN_CUDA_GEMM", "mma", 1);
+    p.out = d_mma.p;
+    const GemmLaunch l_mma = launch_int8_gemm(p, 0);
+    setenv("INT8KERN_CUDA_GEMM", "wgmma", 1);
+    p.out = d_wg.p;
+    const GemmLaunch l_wg = launch_int8_gemm(p, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    const WgmmaStatus want = !c.plain ? WgmmaStatus::kNotApplicable
+                             : sm90   ? WgmmaStatus::kLaunched
+                                      : WgmmaStatus::kNotSm90;
+    char what[200];
+    std::snprintf(what, sizeof(what), "routing M=%lld N=%lld K=%lld workspace=%lld: %s", (long long)c.M,
+                  (long long)c.N, (long long)c.K, (long long)ws.elems, wgmma_status_message(l_wg.wgmma));
+    const bool ok = !l_mma.wgmma_requested && l_wg.wgmma_requested && l_wg.wgmma == want &&
+                    (c.plain == (ws.elems == 0)) && d_mma.down() == d_wg.down() && ws.all_zero();
+    report(ok, what);
+  }
+  if (saved) setenv("INT8KERN_CUDA_GEMM", saved_value.c_str(), 1); else unsetenv("INT8KERN_CUDA_GEMM");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -740,7 +783,8 @@ int main() {
   }
   test_gemm_int32(300, 257, 4096, 4096, 4096, 257, 0, 0, 1);   // |acc| max: -128 * -128 * K
   test_gemm_int32(1600, 1600, 1040, 1056, 1056, 1600, 0, 0, 1);  // 128x128 tiles, K tail
-  test_gemm_int32(1, 128 * 65535 + 100, 16, 16, 16, 128 * 65535 + 100, 0, 0, 0);  // grid.y loop (128x128 tiles)
+  test_gemm_int32(1, 128 * 65535 + 100, 16, 16, 16, 128 * 65535 + 100, 0, 0, 0);  // decode, grid.y > 65535 tiles
+  test_gemm_int32(17, 128 * 65535 + 100, 16, 16, 16, 128 * 65535 + 100, 0, 0, 0);  // grid.y loop (128x128 tiles)
 
   // Decode regime: M <= 16, split-K (K >= 1024 on an H100-sized chip) and not, K tails in
   // the last slice (5137), aligned and byte paths, and the no-workspace fallback.
@@ -758,7 +802,11 @@ int main() {
   test_decode_int32(64, 4097, 1024, true, true);
 
   // The wgmma kernel, on the devices it is built for (sm_90a code runs on 9.0 only).
-  if (prop.major == 9 && prop.minor == 0) {
+  const bool sm90 = prop.major == 9 && prop.minor == 0;
+  std::printf("wgmma kernel: %d registers per thread loaded (the setmaxnreg hand-off needs %d)\n",
+              wgmma_kernel_registers(), wgmma_registers_needed());
+  test_wgmma_routing(sm90);
+  if (sm90) {
     test_wgmma_all();
   } else {
     Int8GemmParams p;  // everywhere else it must refuse (and launch nothing)
@@ -766,7 +814,7 @@ int main() {
     CK(cudaMalloc(&dummy, 256));
     p.a = dummy; p.b = dummy; p.M = p.N = 1; p.K = 16; p.lda = p.ldb = 16;
     p.out = dummy; p.ldo = 1;
-    report(!launch_int8_gemm_wgmma(p, 0) && cudaGetLastError() == cudaSuccess,
+    report(launch_int8_gemm_wgmma(p, 0) == WgmmaStatus::kNotSm90 && cudaGetLastError() == cudaSuccess,
            "wgmma refuses: not an sm_90 device");
     CK(cudaFree(dummy));
   }
