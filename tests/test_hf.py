@@ -206,3 +206,48 @@ def test_loading_without_int8kern_hf(int8_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "int8kern" in out.stderr  # the warning names the unknown method ...
     assert "weight_absmax" in out.stderr  # ... and the load report the keys it dropped
+
+
+def bnb_layout(int8_dir, out, weight_format=0):
+    """int8kern's checkpoint rewritten the way bitsandbytes >= 0.45 writes LLM.int8() layers
+    (`SCB` for the scales, a `weight_format` code, its quantization_config): the same numbers."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(int8_dir / "model.safetensors")
+    for k in [k for k in state if k.endswith(".weight_absmax")]:
+        base = k.removesuffix(".weight_absmax")
+        state[base + ".SCB"] = state.pop(k)
+        state[base + ".weight_format"] = torch.tensor(weight_format, dtype=torch.uint8)
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((int8_dir / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True, "load_in_4bit": False,
+                                  "llm_int8_threshold": 6.0, "llm_int8_skip_modules": None,
+                                  "llm_int8_has_fp16_weight": False}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_bitsandbytes_layout_loads_without_bitsandbytes(int8_dir, tmp_path):
+    bnb_dir = bnb_layout(int8_dir, tmp_path)
+    ref = AutoModelForCausalLM.from_pretrained(int8_dir)
+    model = AutoModelForCausalLM.from_pretrained(bnb_dir, config=int8kern.hf.config_from_bitsandbytes(bnb_dir))
+    assert isinstance(model.config.quantization_config, Int8KernConfig)
+    same_state(ref, model)
+    with torch.no_grad():
+        assert torch.equal(ref(ids()).logits, model(ids()).logits)
+    # saved again, it is an int8kern checkpoint (weight + weight_absmax, no SCB)
+    model.save_pretrained(tmp_path / "resaved")
+    same_state(ref, AutoModelForCausalLM.from_pretrained(tmp_path / "resaved"))
+
+
+def test_bitsandbytes_tiled_weight_format_refused(int8_dir, tmp_path, capfd, caplog):
+    bnb_dir = bnb_layout(int8_dir, tmp_path, weight_format=1)
+    with pytest.raises(RuntimeError, match="conversion"):
+        AutoModelForCausalLM.from_pretrained(bnb_dir, config=int8kern.hf.config_from_bitsandbytes(bnb_dir))
+    out = capfd.readouterr()
+    assert "weight_format 'col32'" in out.out + out.err + caplog.text  # transformers' load report
+
+
+def test_bitsandbytes_4bit_config_refused():
+    with pytest.raises(ValueError, match="only bitsandbytes LLM.int8\\(\\) checkpoints .* got 4-bit"):
+        Int8KernConfig.from_bitsandbytes({"quant_method": "bitsandbytes", "load_in_4bit": True})

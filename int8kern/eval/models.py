@@ -90,6 +90,28 @@ def load_smollm2(device="cpu") -> Bundle:
                   context=model.config.max_position_embeddings)
 
 
+def cache_dir() -> Path:
+    """Where model files derived from the packages are written once ($INT8KERN_CACHE, else
+    ~/.cache/int8kern)."""
+    return Path(os.environ.get("INT8KERN_CACHE", Path.home() / ".cache" / "int8kern"))
+
+
+def smollm2_safetensors_dir() -> Path:
+    """SmolLM2-135M-Instruct as a float32 safetensors checkpoint + tokenizer, written once from
+    the package's GGUF into the cache: `from_pretrained(dir, quantization_config=...)` (int8kern,
+    bitsandbytes) needs a plain checkpoint to quantize as it loads."""
+    d = cache_dir() / "smollm2-135m-instruct-fp32"
+    if not (d / "model.safetensors").is_file():
+        bundle = load_smollm2()
+        # The GGUF loader leaves its quantizer attached; the weights are plain float32 now.
+        bundle.model.hf_quantizer.remove_quantization_config(bundle.model)
+        tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+        bundle.model.save_pretrained(tmp)
+        bundle.tokenizer.save_pretrained(tmp)
+        tmp.replace(d) if not d.exists() else None  # another process may have written it first
+    return d
+
+
 def load_minilm(device="cpu") -> Bundle:
     d = minilm_dir()
     from transformers import AutoModel, AutoTokenizer
