@@ -7,7 +7,9 @@ PY := $(shell scripts/env.sh)
 # torch guesses CUDA_HOME from `which nvcc`, wrongly when that is a wrapper script.
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= $(shell nproc)
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h) setup.py pyproject.toml
+# int8kern/__init__.py: __version__ is copied into the installed metadata (pip show).
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h) setup.py pyproject.toml \
+	_build/int8kern_build.py int8kern/__init__.py
 STAMP := build/.installed
 
 .PHONY: install test test-fast bench bench-cpu eval gpu-check clean

@@ -127,10 +127,12 @@ def test_pip_install_in_fresh_venv(tmp_path, flags, skip_cuda):
     assert f"Version: {int8kern.__version__}\n" in pip_show, pip_show
 
 
-def test_version_matches_installed_metadata():
+def test_installed_metadata():
     """int8kern.__version__ is the one place the version is written (pyproject.toml reads it):
-    what `pip show int8kern` prints must be the same string."""
+    what `pip show int8kern` prints must be the same string; the extras are in the metadata."""
     assert importlib.metadata.version("int8kern") == int8kern.__version__
+    extras = set(importlib.metadata.metadata("int8kern").get_all("Provides-Extra") or [])
+    assert EXTRAS <= extras, f"installed int8kern's metadata names extras {sorted(extras)}, expected {sorted(EXTRAS)}"
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11")
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" in pyproject["project"]["dynamic"], "pyproject.toml must take the version from int8kern"
