@@ -23,8 +23,8 @@ the build environment's, with site.addsitedir so that their .pth files count as 
 import time; under --no-build-isolation they are already on sys.path and nothing changes.
 
 uv builds in a fresh venv of its own (sys.prefix and VIRTUAL_ENV are that venv; the target
-appears only on uv's command line), so under uv isolation there is no torch to find and the
-message below names `--no-build-isolation` (with it, uv runs this backend in the target).
+appears only on uv's command line), and so does `python -m build`; there is no torch to find
+and the message below names their flags that build in the target environment instead.
 """
 import importlib.util
 import os
@@ -62,8 +62,9 @@ if _missing:
         "both must be installed first, in the environment int8kern is installed into; found no "
         f"{' and no '.join(_missing)} for {sys.executable}:\n"
         "    pip install torch\n    pip install .\n"
-        "With uv, which builds in an isolated environment of its own, build against the target's "
-        "torch with:\n    uv pip install --no-build-isolation ."
+        "uv and `python -m build` build in an isolated environment of their own, where there is "
+        "no torch; build against the target's torch with:\n    uv pip install --no-build-isolation .\n"
+        "    python -m build --no-isolation"
     )
 
 from setuptools import build_meta as _meta  # noqa: E402

@@ -96,7 +96,7 @@ def _probe(py, env):
     # Offline. CPU-only, so that CI pays for one CUDA build, not two: what --no-index changes
     # is pip's side, which does not depend on what setup.py compiles.
     (("--no-index",), True),
-])
+], ids=["plain", "no-index-cpu-only"])
 def test_pip_install_in_fresh_venv(tmp_path, flags, skip_cuda):
     venv, src = tmp_path / "venv", tmp_path / "src"
     src.mkdir()
