@@ -38,7 +38,8 @@ eval: install
 	$(PY) -m int8kern.eval --model smollm2
 	$(PY) -m int8kern.eval --model minilm
 
-# On a GPU machine: build with its own torch, run every test on CUDA, sanitize the kernels.
+# On a GPU machine (the runbook, scripts/gpu_check.sh): self-test, every CUDA test with both GEMM
+# main loops, compute-sanitizer (memcheck, racecheck, synccheck, initcheck), short timings.
 gpu-check:
 	bash scripts/gpu_check.sh
 

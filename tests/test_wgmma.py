@@ -22,9 +22,14 @@ pytestmark = [pytest.mark.cuda,
 WGMMA_KERNEL = "int8_gemm_wgmma_kernel"
 
 # (M, K, N): K a multiple of 16 (TMA's 16-byte row stride for contiguous int8), odd M and N,
-# K not a multiple of the 128-byte k-stage, one tile and many more tiles than SMs.
-SHAPES = [(1, 16, 1), (7, 768, 5), (83, 272, 4097), (131, 1040, 67), (4096, 4096, 4096), (2048, 4096, 11008),
-          (16, 4096, 4096), (4097, 80, 129)]
+# K not a multiple of the 128-byte k-stage, one tile and many more tiles than SMs. All of them
+# plain tiled plans on an H100/H200 (gemm_plan.cuh): wgmma takes those only.
+SHAPES = [(17, 16, 1), (83, 272, 4097), (131, 272, 67), (131, 1040, 4097), (4096, 4096, 4096),
+          (2048, 4096, 11008), (4097, 80, 129)]
+# Plans of the split-K kernel (decode M <= 16; mid sizes with few tiles and a long K): mma.sync runs
+# them even with INT8KERN_CUDA_GEMM=wgmma (128x128 tiles would leave most SMs idle and most A
+# rows zero), and the split-K workspace is allocated for them alone.
+SPLIT_SHAPES = [(1, 16, 1), (1, 4096, 4096), (7, 768, 5), (16, 4096, 4096), (131, 1040, 67), (37, 1024, 96)]
 
 
 def mkn_ids(s):
@@ -59,11 +64,21 @@ def test_int8_matmul_wgmma_exact(wgmma, shape):
     assert torch.equal(out, ref.int8_matmul(a, b))
 
 
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=mkn_ids)
+def test_split_plans_stay_on_mma(wgmma, shape):
+    M, K, N = shape
+    a, b = randint8((M, K), "cuda", seed=15), randint8((N, K), "cuda", seed=16)
+    out, names = _kernels_run(lambda: ops.int8_matmul(a, b))
+    assert not any(WGMMA_KERNEL in n for n in names), sorted(names)
+    assert torch.equal(out, ref.int8_matmul(a, b))
+
+
 @pytest.mark.parametrize("K", [16, 4096, 131056])
 def test_int8_matmul_wgmma_extremes(wgmma, K):
+    # 1100 x 1100: enough 64x64 tiles to fill the SMs, so a plain tiled plan (wgmma's) at any K.
     for va, vb in [(-128, -128), (127, -128)]:
-        a = torch.full((9, K), va, dtype=torch.int8, device="cuda")
-        b = torch.full((5, K), vb, dtype=torch.int8, device="cuda")
+        a = torch.full((1100, K), va, dtype=torch.int8, device="cuda")
+        b = torch.full((1100, K), vb, dtype=torch.int8, device="cuda")
         out, names = _kernels_run(lambda: ops.int8_matmul(a, b))
         _assert_wgmma_ran(names)
         assert (out == va * vb * K).all()
@@ -78,7 +93,7 @@ def test_wgmma_falls_back_when_tma_cannot_read(wgmma):
 
 
 @pytest.mark.parametrize("out_dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("shape", [(1, 16, 1), (83, 768, 64), (131, 1040, 4097), (4096, 16, 64)], ids=mkn_ids)
+@pytest.mark.parametrize("shape", [(17, 16, 1), (83, 768, 64), (131, 1040, 4097), (4096, 16, 64)], ids=mkn_ids)
 @pytest.mark.parametrize("bias_add", ["none", "both"])
 def test_int8_scaled_matmul_wgmma_matches_mma(monkeypatch, out_dtype, shape, bias_add):
     M, K, N = shape
@@ -107,9 +122,10 @@ def test_int8_scaled_matmul_wgmma_matches_mma(monkeypatch, out_dtype, shape, bia
 
 
 def test_int8_linear_wgmma_matches_mma(monkeypatch):
-    x = randn((37, 1024), torch.float16, "cuda", seed=21)
+    # K = 256: a short K keeps this a plain tiled plan (K = 1024 would be split along K).
+    x = randn((37, 256), torch.float16, "cuda", seed=21)
     x[:, 5] *= 20  # an outlier column: the 16-bit outlier part reaches the epilogue as `add`
-    w = randn((96, 1024), torch.float32, "cuda", seed=22)
+    w = randn((96, 256), torch.float32, "cuda", seed=22)
     wq, w_absmax, _ = ops.quantize_rowwise(w, 0.0)
     monkeypatch.setenv("INT8KERN_CUDA_GEMM", "mma")
     want = ops.int8_linear(x, wq, w_absmax, None, 6.0)
