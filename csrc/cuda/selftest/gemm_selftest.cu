@@ -805,6 +805,9 @@ int main(int argc, char** argv) {
   const bool sm90 = prop.major == 9 && prop.minor == 0;
   std::printf("wgmma kernel: %d registers per thread loaded (the setmaxnreg hand-off needs %d)\n",
               wgmma_kernel_registers(), wgmma_registers_needed());
+  // Fewer would make launch_int8_gemm_wgmma refuse (kRegisterShortfall) instead of hanging;
+  // on an sm_90 device the build is expected to give exactly what the hand-off needs.
+  if (sm90) report(wgmma_kernel_registers() >= wgmma_registers_needed(), "wgmma kernel has its hand-off registers");
   if (argc > 1 && std::strcmp(argv[1], "--small") == 0) return run_small(sm90);
 
   // GEMM int32: odd shapes, both tile configs (>= 132 big tiles selects 128x128), aligned
