@@ -12,7 +12,7 @@ SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/
 	_build/int8kern_build.py int8kern/__init__.py
 STAMP := build/.installed
 
-.PHONY: install test test-fast bench bench-cpu eval gpu-check clean
+.PHONY: install test test-fast bench bench-cpu eval gpu-check gpu-bench clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ eval: install
 # main loops, compute-sanitizer (memcheck, racecheck, synccheck, initcheck), short timings.
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# On a GPU machine, after gpu-check passed: the speed suite and the whole-model run (issue 11).
+gpu-bench:
+	bash scripts/gpu_bench.sh
 
 clean:
 	rm -rf build *.egg-info int8kern/*.so
