@@ -9,7 +9,9 @@
     # a bitsandbytes LLM.int8() checkpoint, without bitsandbytes
     model = AutoModelForCausalLM.from_pretrained(bnb_path, config=int8kern.hf.config_from_bitsandbytes(bnb_path))
 
-LoRA with PEFT on the int8 base: `int8kern.hf.lora` (needs peft).
+LoRA with PEFT on the int8 base: `int8kern.hf.lora` (needs peft; its `lora_config`,
+`lora_target_modules` and `load_adapter` are also reachable here, imported on first use so
+that `import int8kern.hf` does not import peft).
 """
 from .quantizer import (
     QUANT_METHOD,
@@ -21,3 +23,14 @@ from .quantizer import (
 
 __all__ = ["QUANT_METHOD", "Int8KernConfig", "Int8KernHfQuantizer", "config_from_bitsandbytes",
            "dequantize_layer"]
+
+
+_LORA_NAMES = ("Int8LoraLinear", "lora_config", "lora_target_modules", "load_adapter")
+
+
+def __getattr__(name):
+    # peft is optional: import int8kern.hf.lora only when one of its names is asked for.
+    if name in _LORA_NAMES:
+        from . import lora
+        return getattr(lora, name)
+    raise AttributeError(f"module 'int8kern.hf' has no attribute {name!r}")
