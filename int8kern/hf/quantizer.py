@@ -14,6 +14,24 @@ through the quantizer's own op. This module plugs into those hooks:
   `SCB` to `weight_absmax` (`Int8KernFromBitsandbytes`).
 
 The 5.x minors still move these hooks (signatures changed between 5.20 and 5.24).
+
+Loading an int8kern checkpoint WITHOUT `import int8kern.hf` is not refused, and in transformers
+5.24 cannot be while the checkpoint keeps its layout (int8 `weight` [out, in], float32
+`weight_absmax`, standard file names, `quantization_config` in config.json). A plain load runs no
+int8kern code, so only what transformers itself checks could stop it, and in 5.24 that is:
+* an unknown `quant_method`: `AutoHfQuantizer.supports_quant_method` logs "Unknown quantization
+  type" and loads without a quantizer (a warning, not an error);
+* the safetensors `metadata["format"]`: no longer read on load (4.x raised for unknown formats;
+  a file with format "int8kern" loads silently in 5.24);
+* unexpected keys (`weight_absmax`): listed in the load report, a warning;
+* a checkpoint tensor of another dtype: cast to the parameter's dtype (int8 -> float, silently);
+* a tensor of another shape: a RuntimeError, but with transformers' generic "ignore_mismatched_sizes"
+  message (and `ignore_mismatched_sizes=True` reinitialises the layer); making it fire means
+  storing `weight` in a shape other than [out, in], which breaks the layout every reader
+  (bitsandbytes' included) expects;
+* config.json is validated before any quantizer exists, so a field that made a plain load fail
+  would fail the int8kern load too.
+tests/test_hf.py::test_loading_without_int8kern_hf records what 5.24 does, so a change is seen.
 """
 from __future__ import annotations
 
