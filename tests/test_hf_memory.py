@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -88,3 +89,38 @@ def test_on_load_quantization_peak_memory(tmp_path):
     # The memory the load allocates. RSS also counts the safetensors file's pages that
     # transformers memory-maps (clean page cache, which the kernel reclaims under pressure).
     assert r["anon"] <= 1.25 * r["footprint"], r
+
+
+MEASURE_CUDA = """
+import json, sys, torch
+import int8kern.hf
+from transformers import AutoModelForCausalLM
+
+torch.cuda.init()
+base = torch.cuda.memory_allocated()
+torch.cuda.reset_peak_memory_stats()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16, device_map="cuda",
+                                             quantization_config=int8kern.hf.Int8KernConfig())
+peak = torch.cuda.max_memory_allocated() - base
+largest = max(p.numel() for p in model.parameters()) * 2  # the largest bf16 tensor read
+on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+print(json.dumps({"peak": peak, "footprint": model.get_memory_footprint(), "largest": largest, "on_gpu": on_gpu}))
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_load_quantization_peak_cuda_memory(tmp_path):
+    # On the GPU each float tensor is quantized where it lands: the peak allocated stays within
+    # the int8 model plus the largest float tensor in flight, plus 10% (issue 12).
+    ckpt = tmp_path / "llama-403m-bf16"
+    subprocess.run([sys.executable, "-c", textwrap.dedent(WRITE.format(config=CONFIG)), str(ckpt)],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MEASURE_CUDA), str(ckpt)],
+                         check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    mib = 2**20
+    print(f"\nCUDA from_pretrained with int8kern: peak allocated {r['peak'] / mib:.0f} MiB, int8 model "
+          f"{r['footprint'] / mib:.0f} MiB, largest bf16 tensor {r['largest'] / mib:.0f} MiB")
+    assert r["on_gpu"]
+    assert r["peak"] <= 1.10 * (r["footprint"] + r["largest"]), r
