@@ -10,10 +10,14 @@
 # so a step cut short keeps what it measured); a failing step never stops the next.
 # Results (JSON, PNG) and one log go to GPU_BENCH_OUT (default benchmarks/results; on the lent
 # machine $OUT). GPU_BENCH_DRY_RUN=1: the same steps with --dry-run, any machine.
+# On the lent H200, one `run` call (files as for gpu_check.sh; .device-site brings bitsandbytes):
+#   carry: int8kern/_C.cpython-312-x86_64-linux-gnu.so  .device-site
+#   command: GPU_BENCH_OUT=$OUT bash scripts/gpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${GPU_BENCH_OUT:-benchmarks/results}
 PY=${PY:-$(scripts/env.sh)}
+[ "${GPU_BENCH_DRY_RUN:-0}" = 0 ] && source scripts/device_env.sh  # the carried .device-site, if any
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUTDIR"
 DRY=()

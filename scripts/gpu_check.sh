@@ -2,7 +2,11 @@
 # `make gpu-check`: the runbook for a GPU machine, written for the lent H200 (one prepared
 # command, about 8 minutes of wall time, no network, nothing compiled there when the prebuilt
 # files came along: ../shared/tools/device-prebuild.sh makes the extension .so for that
-# machine's Python and torch and build/device/selftest; without them it builds both first).
+# machine's Python and torch and build/device/selftest; without them it builds both first;
+# scripts/device_site.sh makes .device-site/, the packages that machine lacks). On the lent
+# H200, one `run` call:
+#   carry: int8kern/_C.cpython-312-x86_64-linux-gnu.so  build/device  .device-site
+#   command: GPU_CHECK_LOG=$OUT bash scripts/gpu_check.sh
 #
 #   1. the standalone self-test (csrc/cuda/selftest), then again with INT8KERN_CUDA_GEMM=wgmma:
 #      a protocol error in the wgmma pipeline shows up as a hang, so each under `timeout`;
@@ -30,6 +34,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-480}
 DRY=${GPU_CHECK_DRY_RUN:-0}
 WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
 PY=${PY:-$(scripts/env.sh)}
+[ "${GPU_CHECK_DRY_RUN:-0}" = 0 ] && source scripts/device_env.sh  # the carried .device-site, if any
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$LOG"
 : > "$LOG/gpu-check.log"
