@@ -240,7 +240,6 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
-
 template <class Cfg, class Epilogue>
 void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epilogue& epi,
                         cudaStream_t stream) {
