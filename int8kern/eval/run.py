@@ -313,7 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens of the text evaluated")
     p.add_argument("--window", type=int, default=1024, help="perplexity window (causal LMs)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: window)")
-    p.add_argument("--gen-tokens", type=int, default=16, help="greedy tokens timed and shown")
+    p.add_argument("--gen-tokens", type=int, default=None,
+                   help="greedy tokens timed and shown (default 16; 64 with --compare-bnb)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default %(default)s)")
@@ -322,7 +323,15 @@ def main(argv=None) -> int:
                    "the mean (int8 perplexity is a noisy statistic: see dithered_perplexity)")
     p.add_argument("--no-speed", action="store_true", help="skip the latency measurements")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compare-bnb", action="store_true",
+                   help="instead of the methods above: fp32, bf16, int8kern (Int8KernConfig) and "
+                   "bitsandbytes 8-bit and 4-bit NF4, each loaded by from_pretrained(quantization_config=...) "
+                   "in its own process: footprint, peak memory while loading, perplexity, generate() time "
+                   "(smollm2 only; writes <out>/smollm2_hf.json and .md; see int8kern.eval.hf_compare)")
     a = p.parse_args(argv)
+    if a.compare_bnb:
+        return _compare_bnb(a)
+    a.gen_tokens = 16 if a.gen_tokens is None else a.gen_tokens
     try:
         bundle = models.load(a.model, a.device)
     except models.ModelPackageMissing as e:
@@ -341,6 +350,28 @@ def main(argv=None) -> int:
     if check:
         print(check)
     for path in evalreport.write_report(report, a.out, bundle.model):
+        print("wrote", path)
+    return 0
+
+
+def _compare_bnb(a) -> int:
+    from . import hf_compare
+
+    if a.model != "smollm2":
+        print(f"error: --compare-bnb loads SmolLM2 from its safetensors checkpoint; got --model {a.model}",
+              file=sys.stderr)
+        return 2
+    try:
+        report = hf_compare.compare(a.text, a.max_tokens, a.window, 64 if a.gen_tokens is None else a.gen_tokens,
+                                    a.threshold, a.prompt, progress=not a.no_progress)
+    except models.ModelPackageMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(hf_compare.describe(report) + "\n\n" + hf_compare.format_table(report))
+    for name, r in report["methods"].items():
+        if "sample" in r:
+            print(f"{name:>9}: {r['sample']!r}")
+    for path in hf_compare.write(report, a.out):
         print("wrote", path)
     return 0
 
