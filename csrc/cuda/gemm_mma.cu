@@ -303,7 +303,7 @@ WgmmaStatus launch_int8_gemm_wgmma(const Int8GemmParams& params, cudaStream_t st
 int64_t int8_gemm_workspace_elems(const Int8GemmParams& p) {
   if (p.M <= 0 || p.N <= 0 || p.K < 0) return 0;  // launch_int8_gemm launches nothing
   // [M, N] int32 partial sums, then one arrival counter per output tile.
-  const GemmPlan plan = plan_gemm(p, /*can_split=*/true);
+  const GemmPlan plan = plan_gemm(p, /*can_split=*/true, current_device_props());
   return plan.split > 1 ? p.M * p.N + plan.tiles : 0;
 }
 
@@ -313,7 +313,7 @@ GemmLaunch launch_int8_gemm(const Int8GemmParams& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0 || p.K < 0) return launch;
   // Decode and mid sizes are split-K plans (the weight streamed by every SM), which wgmma's
   // 128x128 tiles would run on a few SMs with most A rows zero: it takes plain tiled plans only.
-  const GemmPlan plan = plan_gemm(p, p.workspace != nullptr);
+  const GemmPlan plan = plan_gemm(p, p.workspace != nullptr, current_device_props());
   launch.wgmma_requested = wgmma_requested();
   if (launch.wgmma_requested && is_plain_tiled(plan)) {
     launch.wgmma = launch_int8_gemm_wgmma != nullptr ? launch_int8_gemm_wgmma(p, stream)

@@ -96,13 +96,12 @@ constexpr int64_t kMinSliceBytes = 512;
 // one full wave of resident blocks; no more, since every extra slice adds M x N atomics and a
 // pipeline fill. Even slices, none empty.
 template <class Cfg>
-void choose_split(GemmPlan& plan, const Int8GemmParams& p, bool can_split) {
+void choose_split(GemmPlan& plan, const Int8GemmParams& p, bool can_split, const DeviceProps& dev) {
   const int64_t ktiles = ceil_div<int64_t>(p.K, Cfg::BK);
   plan.tiles = ceil_div<int64_t>(p.M, Cfg::BM) * ceil_div<int64_t>(p.N, Cfg::BN);
   plan.split = 1;
   plan.kt_per_split = ktiles;
   if (!can_split) return;
-  const DeviceProps& dev = current_device_props();
   if (dev.error != cudaSuccess || dev.sms <= 0) return;  // no split: correct, just slower
   // Blocks one SM holds at once: shared memory (1 KiB per block reserved by the runtime) or
   // the register cap of __launch_bounds__. DecodeTile: 4 on H100, 3 on A100.
@@ -120,13 +119,14 @@ void choose_split(GemmPlan& plan, const Int8GemmParams& p, bool can_split) {
   plan.split = ceil_div<int64_t>(ktiles, plan.kt_per_split);
 }
 
-inline GemmPlan plan_gemm(const Int8GemmParams& p, bool can_split) {
+// dev: the device the GEMM runs on (current_device_props(); a test passes others).
+inline GemmPlan plan_gemm(const Int8GemmParams& p, bool can_split, const DeviceProps& dev) {
   GemmPlan plan;
   if (p.M <= DecodeTile::BM) {
     // Decode: M fits one m16 row block, so each weight byte is read from HBM once, and the
     // BigTile / SmallTile alternatives would pad A to 64-128 rows and leave most SMs idle.
     plan.family = Family::kDecode;
-    choose_split<DecodeTile>(plan, p, can_split);
+    choose_split<DecodeTile>(plan, p, can_split, dev);
     return plan;
   }
   // Mid sizes (batched decode, short prompts): where SmallTile would be picked but its tiles
@@ -134,10 +134,10 @@ inline GemmPlan plan_gemm(const Int8GemmParams& p, bool can_split) {
   const int64_t big_tiles = ceil_div<int64_t>(p.M, BigTile::BM) * ceil_div<int64_t>(p.N, BigTile::BN);
   const int64_t small_tiles =
       ceil_div<int64_t>(p.M, SmallTile::BM) * ceil_div<int64_t>(p.N, SmallTile::BN);
-  if (can_split && big_tiles < 132 && small_tiles < current_device_props().sms) {
+  if (can_split && big_tiles < 132 && small_tiles < dev.sms) {
     GemmPlan mid;
     mid.family = Family::kMid;
-    choose_split<MidTile>(mid, p, can_split);
+    choose_split<MidTile>(mid, p, can_split, dev);
     if (mid.split > 1) return mid;
   }
   // Big tiles only when they alone give about one wave on an A100/H100 (108 / 132 SMs).
