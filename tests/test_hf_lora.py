@@ -185,3 +185,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(smollm2_dir, ids, kwarg
     for n in plain:
         assert checkpointed[n].abs().sum() > 0, n
         torch.testing.assert_close(checkpointed[n], plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_only_plain_lora():
+    """DoRA and peft's other variants are not written for Int8LinearLt: peft refuses them."""
+    model = torch.nn.Sequential()
+    model.add_module("proj", int8kern.Int8LinearLt(16, 8))
+    with pytest.raises(ValueError, match="unsupported variant combination: \\('use_dora',\\)"):
+        peft.get_peft_model(model, lora_config(r=2, target_modules=["proj"], use_dora=True))
+    lora = peft.get_peft_model(model, lora_config(r=2, target_modules=["proj"]))
+    assert isinstance(lora.base_model.model.proj, Int8LoraLinear)
