@@ -24,8 +24,8 @@ module Int8LinearLt(...) is not supported".)
 
 `merge_and_unload()` dequantizes each int8 weight, adds the LoRA delta in float32 and
 quantizes the sum again (one more rounding: at most half a step, absmax / 254, per weight,
-plus float32 rounding);
-`unmerge` subtracts the delta the same way, so merge + unmerge is not bit-exact either.
+plus float32 rounding); `unmerge` subtracts the delta the same way, so merge + unmerge is not
+bit-exact either.
 Only plain LoRA: DoRA and peft's other variants are refused by peft itself.
 """
 from __future__ import annotations
