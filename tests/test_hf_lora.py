@@ -198,3 +198,36 @@ def test_only_plain_lora():
         peft.get_peft_model(model, lora_config(r=2, target_modules=["proj"], use_dora=True))
     lora = peft.get_peft_model(model, lora_config(r=2, target_modules=["proj"]))
     assert isinstance(lora.base_model.model.proj, Int8LoraLinear)
+
+
+def test_merge_then_unmerge_on_one_layer():
+    """merge() folds the delta into the int8 weight, unmerge() takes it out again: each a
+    dequantize-add-requantize, so after both the weight is back within two roundings (half a
+    step of the merged row scale, then half a step of the final one) of where it started, not
+    bit-exact; the merged layer's forward is the adapter layer's within the merge rounding."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("proj", int8kern.Int8LinearLt(64, 48))
+    lora = peft.get_peft_model(model, lora_config(r=4, lora_alpha=8, target_modules=["proj"]))
+    layer = lora.base_model.model.proj
+    torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.05)
+    base = layer.get_base_layer()
+    w0 = base.weight.float() * (base.weight_absmax / 127)[:, None]
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        want = lora(x)
+        with pytest.warns(UserWarning, match="rounds it again"):
+            layer.merge()
+        assert layer.merged
+        merged = lora(x)  # base only: the adapter is inside the weight now
+    step_merged = base.weight_absmax / 127
+    assert layer.get_delta_weight("default").abs().max() > 10 * step_merged.max()  # not lost in rounding
+    # y = x @ W.T: a weight error of at most half a step per entry moves y[n] by at most
+    # 0.5 * step[n] * sum_k |x[k]|; the int8 rounding of x (the layer's own error) fits in the other half
+    assert ((merged - want).abs() <= step_merged * x.abs().sum(1, keepdim=True)).all()
+    layer.unmerge()
+    assert not layer.merged
+    step = base.weight_absmax / 127
+    w1 = base.weight.float() * step[:, None]
+    bound = (0.5 + 4 * 127 * 2**-24) * (step_merged + step)
+    assert ((w1 - w0).abs() <= bound[:, None]).all()
