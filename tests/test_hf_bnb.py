@@ -37,14 +37,6 @@ with torch.no_grad():
 """
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir():
-    try:
-        return models.smollm2_safetensors_dir()
-    except models.ModelPackageMissing as e:
-        pytest.skip(str(e))
-
-
 def test_bitsandbytes_checkpoint(smollm2_dir, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer

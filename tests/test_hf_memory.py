@@ -71,14 +71,19 @@ print(json.dumps({"rss": peak_rss - base_rss, "anon": max(peak_anon, status("Rss
 """
 
 
-@pytest.mark.slow
-def test_on_load_quantization_peak_memory(tmp_path):
+def _write_and_measure(tmp_path, measure):
+    """Writes the checkpoint in one subprocess, loads it with `measure` in another: the JSON it printed."""
     ckpt = tmp_path / "llama-403m-bf16"
     subprocess.run([sys.executable, "-c", textwrap.dedent(WRITE.format(config=CONFIG)), str(ckpt)],
                    check=True, capture_output=True, text=True)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MEASURE), str(ckpt)],
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(measure), str(ckpt)],
                          check=True, capture_output=True, text=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_on_load_quantization_peak_memory(tmp_path):
+    r = _write_and_measure(tmp_path, MEASURE)
     assert r["n_params"] >= 400e6 and r["n_int8"] == 24 * 7
     mib = 2**20
     print(f"\nfrom_pretrained of a {r['n_params'] / 1e6:.0f}M-parameter bf16 checkpoint with int8kern: "
@@ -113,12 +118,7 @@ print(json.dumps({"peak": peak, "footprint": model.get_memory_footprint(), "larg
 def test_on_load_quantization_peak_cuda_memory(tmp_path):
     # On the GPU each float tensor is quantized where it lands: the peak allocated stays within
     # the int8 model plus the largest float tensor in flight, plus 10% (issue 12).
-    ckpt = tmp_path / "llama-403m-bf16"
-    subprocess.run([sys.executable, "-c", textwrap.dedent(WRITE.format(config=CONFIG)), str(ckpt)],
-                   check=True, capture_output=True, text=True)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MEASURE_CUDA), str(ckpt)],
-                         check=True, capture_output=True, text=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _write_and_measure(tmp_path, MEASURE_CUDA)
     mib = 2**20
     print(f"\nCUDA from_pretrained with int8kern: peak allocated {r['peak'] / mib:.0f} MiB, int8 model "
           f"{r['footprint'] / mib:.0f} MiB, largest bf16 tensor {r['largest'] / mib:.0f} MiB")
