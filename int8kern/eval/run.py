@@ -35,7 +35,7 @@ def _int8kern():
         return int8kern
     except ImportError as e:  # the compiled extension is missing: say how to build it
         raise RuntimeError(f"int8kern is not importable ({e}); build it with "
-                           "`pip install --no-build-isolation -e .`") from e
+                           "`pip install -e .`") from e
 
 
 def method_label(method: str, device: str) -> str:
