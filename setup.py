@@ -70,6 +70,7 @@ nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-Xp
 # into _C only when TORCH_CUDA_ARCH_LIST asks for it; gemm_mma.cu finds it through a weak
 # symbol, so nothing else needs to know. No kernel then carries a trap body for other archs.
 SM90A_SOURCES = ["csrc/cuda/gemm_wgmma.cu"]
+CUDA_HEADERS = sorted(glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/*.h"))
 archs = set(re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace("+PTX", "")))
 with_sm90a = with_cuda and "9.0a" in archs
 if with_cuda:
@@ -81,7 +82,7 @@ if with_cuda:
         include_dirs=[os.path.join(here, "csrc")],
         extra_link_args=link_flags,
         # a change to the sm_90a sources (built outside ninja, below) relinks _C
-        depends=SM90A_SOURCES + sorted(glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h")),
+        depends=SM90A_SOURCES + CUDA_HEADERS,
     )
 else:
     ext = CppExtension("int8kern._C", sources, extra_compile_args={"cxx": cxx_flags},
@@ -104,8 +105,7 @@ class BuildExtensionWithArchObjects(BuildExtension):
 
     def _compile_sm90a(self, src):
         obj = os.path.join(self.build_temp, "sm90a", os.path.basename(src) + ".o")
-        deps = [src] + glob.glob("csrc/cuda/*.cuh") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/*.h")
-        if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(d) for d in deps):
+        if os.path.exists(obj) and os.path.getmtime(obj) >= max(os.path.getmtime(d) for d in [src] + CUDA_HEADERS):
             return obj
         os.makedirs(os.path.dirname(obj), exist_ok=True)
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
