@@ -12,9 +12,13 @@
 #pragma once
 
 #include <cstdint>
+#ifdef INT8KERN_EMU
+#include "../emu/cuda_emu.h"  // the same sources on the CPU, under the warp-level emulator
+#else
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#endif
 
 #include "launchers.h"
 
@@ -55,6 +59,21 @@ INT8KERN_HD bool is_aligned(const void* p, uintptr_t bytes) {
     }                                         \
   }()
 
+// kernel<<<grid, block, smem, stream>>>(args...), written INT8KERN_LAUNCH(grid, block, smem,
+// stream, kernel)(args...) so that a host compiler can follow it under the emulator.
+#ifdef INT8KERN_EMU
+#define INT8KERN_LAUNCH(grid, block, smem, stream, ...) INT8KERN_EMU_LAUNCH(grid, block, smem, stream, __VA_ARGS__)
+#else
+#define INT8KERN_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
+// `extern __shared__ __align__(align) type name[]` (dynamic shared memory).
+#ifdef INT8KERN_EMU
+#define INT8KERN_DYNAMIC_SHARED(type, name, align) type* name = static_cast<type*>(::int8kern::emu::dynamic_smem())
+#else
+#define INT8KERN_DYNAMIC_SHARED(type, name, align) extern __shared__ __align__(align) type name[]
+#endif
+
 // Shared-memory address of a generic pointer to shared memory, as PTX operands take it.
 INT8KERN_D uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -87,19 +106,31 @@ INT8KERN_HD int dtype_size(DType d) { return d == DType::Float32 ? 4 : 2; }
 // Exact float32 arithmetic (no FTZ, no FMA contraction), see header comment.
 // ----------------------------------------------------------------------------------------
 INT8KERN_D float fmul_rn(float a, float b) {
+#ifdef INT8KERN_EMU
+  return a * b;  // IEEE binary32, round to nearest even (-ffp-contract=off: never an FMA)
+#else
   float r;
   asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
+#endif
 }
 INT8KERN_D float fadd_rn(float a, float b) {
+#ifdef INT8KERN_EMU
+  return a + b;  // IEEE binary32, round to nearest even (-ffp-contract=off: never an FMA)
+#else
   float r;
   asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
+#endif
 }
 INT8KERN_D float fdiv_rn(float a, float b) {
+#ifdef INT8KERN_EMU
+  return a / b;  // IEEE binary32, round to nearest even (-ffp-contract=off: never an FMA)
+#else
   float r;
   asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
+#endif
 }
 // int32 -> float32, round to nearest even (what torch's .float() does).
 INT8KERN_D float i2f_rn(int32_t v) { return __int2float_rn(v); }

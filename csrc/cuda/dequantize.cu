@@ -84,9 +84,9 @@ void launch_dequantize(const int32_t* acc, int64_t M, int64_t N, const float* ro
   const int64_t units = vec4 ? (M * N) / 4 : M * N;
   const int64_t blocks = min_of(ceil_div<int64_t>(units, kThreads), kMaxBlocks);
   if (vec4) {
-    dequantize_kernel<true><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(acc, M, N, epi);
+    INT8KERN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dequantize_kernel<true>)(acc, M, N, epi);
   } else {
-    dequantize_kernel<false><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(acc, M, N, epi);
+    INT8KERN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, dequantize_kernel<false>)(acc, M, N, epi);
   }
 }
 

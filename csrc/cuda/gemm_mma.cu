@@ -252,7 +252,7 @@ void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epi
                   static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)),
                   static_cast<unsigned>(plan.split));  // <= K / 512 <= 256
   INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
-    int8_gemm_splitk_kernel<Cfg, kAligned, Epilogue><<<grid, Cfg::kThreads, 0, stream>>>(
+    INT8KERN_LAUNCH(grid, Cfg::kThreads, 0, stream, int8_gemm_splitk_kernel<Cfg, kAligned, Epilogue>)(
         p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, plan.kt_per_split, ws, counters, epi);
   });
 }
@@ -264,8 +264,7 @@ void launch_gemm_tiled(const Int8GemmParams& p, const Epilogue& epi, cudaStream_
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
                   static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)));
   INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
-    int8_gemm_kernel<Cfg, kAligned, Epilogue>
-        <<<grid, Cfg::kThreads, 0, stream>>>(p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, epi);
+    INT8KERN_LAUNCH(grid, Cfg::kThreads, 0, stream, int8_gemm_kernel<Cfg, kAligned, Epilogue>)(p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, epi);
   });
 }
 

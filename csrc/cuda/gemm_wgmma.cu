@@ -124,22 +124,41 @@ struct WgmmaAccLayout {
 // PTX wrappers (sm_90a only).
 // ----------------------------------------------------------------------------------------
 INT8KERN_D void mbar_init(uint32_t bar, uint32_t count) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::mbar_init(bar, count, __FILE__, __LINE__);
+#else
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
 }
 // Makes the mbarrier inits visible to the async proxy (TMA complete_tx) before first use.
 INT8KERN_D void fence_mbar_init() {
+#ifdef INT8KERN_EMU
+  // the emulated mbarriers are visible to the emulated TMA at once
+#else
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
 }
 INT8KERN_D void mbar_arrive(uint32_t bar) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::mbar_arrive(bar, 0, __FILE__, __LINE__);
+#else
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
 }
 INT8KERN_D void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::mbar_arrive(bar, bytes, __FILE__, __LINE__);
+#else
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
+#endif
 }
 // Spins until the phase of parity `parity` has completed (try_wait suspends for a
 // system-dependent time between polls, so the loop is not a hot spin).
 INT8KERN_D void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::mbar_wait(bar, parity, __FILE__, __LINE__);
+#else
   asm volatile(
       "{\n"
       ".reg .pred P;\n"
@@ -149,33 +168,54 @@ INT8KERN_D void mbar_wait(uint32_t bar, uint32_t parity) {
       "}\n" ::"r"(bar),
       "r"(parity)
       : "memory");
+#endif
 }
 
 INT8KERN_D void prefetch_tmap(const CUtensorMap* m) {
+#ifdef INT8KERN_EMU
+  (void)m;  // a hint
+#else
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(m)) : "memory");
+#endif
 }
 // 2-D TMA box load: box origin (x = k element, y = row), completing on mbarrier `bar`.
 // Out-of-bounds parts of the box are zero-filled, and still count towards complete_tx.
 INT8KERN_D void tma_load_2d(uint32_t dst, const CUtensorMap* m, int32_t x, int32_t y,
                             uint32_t bar) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::tma_load_2d(dst, m, x, y, bar, __FILE__, __LINE__);
+#else
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(m)), "r"(x), "r"(y), "r"(bar)
       : "memory");
+#endif
 }
 
 template <int kRegs>
 INT8KERN_D void setmaxnreg_inc() {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::setmaxnreg(true, kRegs, __FILE__, __LINE__);
+#else
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
 }
 template <int kRegs>
 INT8KERN_D void setmaxnreg_dec() {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::setmaxnreg(false, kRegs, __FILE__, __LINE__);
+#else
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+#endif
 }
 
 INT8KERN_D void named_barrier_sync(int id, int threads) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::bar_sync(id, threads, __FILE__, __LINE__);
+#else
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
 }
 
 // K-major, 128B-swizzled operand descriptor for a tile starting at shared address `addr`
@@ -185,25 +225,48 @@ INT8KERN_D uint64_t make_desc_sw128(uint32_t addr) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
-INT8KERN_D void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-INT8KERN_D void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+INT8KERN_D void wgmma_fence() {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::wgmma_fence(__FILE__, __LINE__);
+#else
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+INT8KERN_D void wgmma_commit() {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::wgmma_commit(__FILE__, __LINE__);
+#else
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
 template <int N>
 INT8KERN_D void wgmma_wait() {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::wgmma_wait(N, __FILE__, __LINE__);
+#else
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // The compiler sees the accumulators only as asm operands; this empty asm "redefines" each
 // after a wgmma.wait_group, so no read of them can be scheduled above the wait (and no write
 // below the next wgmma.fence).
 INT8KERN_D void fence_acc(int32_t (&d)[WgmmaTile::kAcc]) {
+#ifdef INT8KERN_EMU
+  (void)d;  // the emulated wait has written the accumulators
+#else
 #pragma unroll
   for (int i = 0; i < WgmmaTile::kAcc; ++i) asm volatile("" : "+r"(d[i])::"memory");
+#endif
 }
 
 // d (64 x 128, s32) += A (64 x 32, s8, K-major smem) * B (32 x 128, s8, K-major smem).
 // scale-d = 1 always: the accumulators are zeroed in registers at the start of each tile.
 INT8KERN_D void wgmma_m64n128k32_s8(int32_t (&d)[WgmmaTile::kAcc], uint64_t desc_a,
                                     uint64_t desc_b) {
+#ifdef INT8KERN_EMU
+  ::int8kern::emu::wgmma_m64nNk32_s8(d, 128, desc_a, desc_b, __FILE__, __LINE__);
+#else
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -227,6 +290,7 @@ INT8KERN_D void wgmma_m64n128k32_s8(int32_t (&d)[WgmmaTile::kAcc], uint64_t desc
         "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]),
         "+r"(d[62]), "+r"(d[63])
       : "l"(desc_a), "l"(desc_b), "n"(1));
+#endif
 }
 
 template <class Epilogue>
@@ -235,7 +299,7 @@ __global__ void __launch_bounds__(WgmmaTile::kThreads, 1)
                            const __grid_constant__ CUtensorMap tmap_b, int64_t M, int64_t N,
                            int64_t K, const Epilogue epi) {
   using T = WgmmaTile;
-  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  INT8KERN_DYNAMIC_SHARED(uint8_t, smem_raw, 1024);
   // 128B swizzle needs 1024-aligned operand tiles (see top); align the base by hand.
   const uint32_t raw = smem_u32(smem_raw);
   uint8_t* smem = smem_raw + ((1024u - (raw & 1023u)) & 1023u);
@@ -428,7 +492,7 @@ void launch_wgmma(const Int8GemmParams& p, const CUtensorMap& ta, const CUtensor
                   int sms, const Epilogue& epi, cudaStream_t stream) {
   const int64_t tiles = ceil_div<int64_t>(p.M, WgmmaTile::BM) * ceil_div<int64_t>(p.N, WgmmaTile::BN);
   const unsigned grid = static_cast<unsigned>(min_of<int64_t>(tiles, sms));
-  int8_gemm_wgmma_kernel<Epilogue><<<grid, WgmmaTile::kThreads, WgmmaTile::kSmemBytes, stream>>>(
+  INT8KERN_LAUNCH(grid, WgmmaTile::kThreads, WgmmaTile::kSmemBytes, stream, int8_gemm_wgmma_kernel<Epilogue>)(
       ta, tb, p.M, p.N, p.K, epi);
 }
 

@@ -8,7 +8,11 @@
 #pragma once
 
 #include <cstdint>
+#ifdef INT8KERN_EMU
+#include "../emu/cuda_emu.h"  // the CUDA runtime of the warp-level emulator
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include "../outlier_capacity.h"
 

@@ -209,7 +209,7 @@ void launch_compact_columns(const uint8_t* mask, int64_t K, int32_t* cols, int32
                             cudaStream_t stream) {
   // K == 0 still launches: the count must be written.
   if (K < 0) return;
-  compact_columns_kernel<<<1, kCompactThreads, 0, stream>>>(mask, K, cols, n_cols);
+  INT8KERN_LAUNCH(1, kCompactThreads, 0, stream, compact_columns_kernel)(mask, K, cols, n_cols);
 }
 
 void launch_gather_outliers(const OutlierParams& p, cudaStream_t stream) {
@@ -219,13 +219,13 @@ void launch_gather_outliers(const OutlierParams& p, cudaStream_t stream) {
       static_cast<unsigned>(min_of(ceil_div<int64_t>(p.M + p.N, 8), kMaxGridX));
   switch (p.dtype) {
     case DType::Float16:
-      gather_outliers_kernel<__half><<<grid, block, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, block, 0, stream, gather_outliers_kernel<__half>)(p);
       break;
     case DType::BFloat16:
-      gather_outliers_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, block, 0, stream, gather_outliers_kernel<__nv_bfloat16>)(p);
       break;
     default:
-      gather_outliers_kernel<float><<<grid, block, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, block, 0, stream, gather_outliers_kernel<float>)(p);
       break;
   }
 }
@@ -237,13 +237,13 @@ void launch_outlier_spill(const OutlierParams& p, int max_blocks, cudaStream_t s
   const unsigned grid = static_cast<unsigned>(min_of(tiles, cap));
   switch (p.dtype) {
     case DType::Float16:
-      outlier_spill_kernel<__half><<<grid, kSpillThreads, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, kSpillThreads, 0, stream, outlier_spill_kernel<__half>)(p);
       break;
     case DType::BFloat16:
-      outlier_spill_kernel<__nv_bfloat16><<<grid, kSpillThreads, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, kSpillThreads, 0, stream, outlier_spill_kernel<__nv_bfloat16>)(p);
       break;
     default:
-      outlier_spill_kernel<float><<<grid, kSpillThreads, 0, stream>>>(p);
+      INT8KERN_LAUNCH(grid, kSpillThreads, 0, stream, outlier_spill_kernel<float>)(p);
       break;
   }
 }

@@ -185,14 +185,12 @@ void launch_quantize_variant(const T* x, int64_t M, int64_t K, int64_t ldx, floa
   if (units <= 32 * kCache) {
     constexpr int kRows = 8;  // 8 warps, one row each
     const int64_t grid = min_of(ceil_div<int64_t>(M, kRows), kMaxGridX);
-    quantize_rowwise_kernel<T, kVec, 32, kRows, kCache>
-        <<<static_cast<unsigned>(grid), 32 * kRows, 0, stream>>>(x, M, K, ldx, threshold, q,
+    INT8KERN_LAUNCH(static_cast<unsigned>(grid), 32 * kRows, 0, stream, quantize_rowwise_kernel<T, kVec, 32, kRows, kCache>)(x, M, K, ldx, threshold, q,
                                                                  row_absmax, outlier_mask);
   } else {
     constexpr int kThreads = 256;  // one block per row
     const int64_t grid = min_of(M, kMaxGridX);
-    quantize_rowwise_kernel<T, kVec, kThreads, 1, kCache>
-        <<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(x, M, K, ldx, threshold, q,
+    INT8KERN_LAUNCH(static_cast<unsigned>(grid), kThreads, 0, stream, quantize_rowwise_kernel<T, kVec, kThreads, 1, kCache>)(x, M, K, ldx, threshold, q,
                                                                row_absmax, outlier_mask);
   }
 }
@@ -261,7 +259,7 @@ void launch_zero_columns(int8_t* q, int64_t M, int64_t K, const int64_t* cols, i
   if (M <= 0 || K <= 0 || n_cols <= 0) return;
   const dim3 block(32, 8);
   const int64_t grid = min_of(ceil_div<int64_t>(M, 8), kMaxGridX);
-  zero_columns_kernel<<<static_cast<unsigned>(grid), block, 0, stream>>>(q, M, K, cols, n_cols);
+  INT8KERN_LAUNCH(static_cast<unsigned>(grid), block, 0, stream, zero_columns_kernel)(q, M, K, cols, n_cols);
 }
 
 }  // namespace cuda

@@ -119,7 +119,7 @@ static void test_gemm_int32(int64_t M, int64_t N, int64_t K, int64_t lda, int64_
   const Workspace ws(p);
   ws.attach(p);
   if (ws.elems > 0) std::strncat(what, " split-K", sizeof(what) - std::strlen(what) - 1);
-  ref_gemm_kernel<<<1024, 256>>>(p.a, p.b, M, N, K, lda, ldb, dr.p, ldo);
+  INT8KERN_LAUNCH(1024, 256, 0, 0, ref_gemm_kernel)(p.a, p.b, M, N, K, lda, ldb, dr.p, ldo);
   CK(cudaGetLastError());
   std::vector<int32_t> first;
   for (int run = 0; run < 2; ++run) {  // second run: same workspace, not re-zeroed
@@ -362,7 +362,7 @@ static std::vector<int32_t> reference_acc(const std::vector<int8_t>& ha, const s
       }
   } else {
     DevBuf<int32_t> dr((size_t)(M * N));
-    ref_gemm_kernel<<<1024, 256>>>(da, db, M, N, K, lda, ldb, dr.p, N);
+    INT8KERN_LAUNCH(1024, 256, 0, 0, ref_gemm_kernel)(da, db, M, N, K, lda, ldb, dr.p, N);
     CK(cudaGetLastError());
     r = dr.down();
   }

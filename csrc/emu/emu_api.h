@@ -1,0 +1,41 @@
+// What the CUDA emulator tells its users beyond the CUDA runtime API: counters of what the
+// kernels and the host code did (launches, memsets, host syncs, bank-conflict wavefronts), which
+// device it pretends to be, and the last error with its full report. Plain C++, no CUDA headers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <driver_types.h>  // cudaError_t
+
+namespace int8kern {
+namespace emu {
+
+struct Stats {
+  uint64_t launches = 0;      // kernel launches that ran
+  uint64_t blocks = 0;        // blocks they ran
+  uint64_t memsets = 0;       // cudaMemset* and zero-filled allocations of the host code
+  uint64_t mallocs = 0;       // cudaMalloc and device allocations of the host code
+  uint64_t memcpys = 0;
+  uint64_t host_syncs = 0;    // device-to-host copies, synchronize calls, .item() of device data
+  uint64_t cp_async_16 = 0;
+  uint64_t mma_sync = 0;
+  uint64_t wgmma = 0;
+  uint64_t tma_loads = 0;
+  uint64_t ldmatrix_requests = 0;    // one per 8-row matrix of an ldmatrix
+  uint64_t ldmatrix_wavefronts = 0;  // shared-memory wavefronts they took (1 each: conflict-free)
+};
+
+Stats stats();
+void reset_stats();
+// "h200" (sm_90, 132 SMs; the default, or INT8KERN_EMU_DEVICE) or "a100" (sm_80, 108 SMs).
+bool set_device_kind(const char* key);
+const char* device_kind_key();
+// The last error and its report (kernel, block, thread, source line), cleared.
+std::string take_error(cudaError_t* code);
+void count_host_sync();
+void count_memset();
+void count_allocation();
+
+}  // namespace emu
+}  // namespace int8kern
