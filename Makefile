@@ -8,7 +8,8 @@ PY := $(shell scripts/env.sh)
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 export MAX_JOBS ?= $(shell nproc)
 # int8kern/__init__.py: __version__ is copied into the installed metadata (pip show).
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h) setup.py pyproject.toml \
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h \
+	csrc/emu/*.cpp csrc/emu/*.h csrc/emu/kernels/*.cpp) setup.py pyproject.toml \
 	_build/int8kern_build.py int8kern/__init__.py
 STAMP := build/.installed
 

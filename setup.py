@@ -87,10 +87,26 @@ if with_cuda:
 else:
     ext = CppExtension("int8kern._C", sources, extra_compile_args={"cxx": cxx_flags},
                        include_dirs=[os.path.join(here, "csrc")], extra_link_args=link_flags)
+# int8kern._emu: the same CUDA kernels and host code compiled as host C++ under the warp-level
+# emulator (csrc/emu), run on CPU tensors through torch.ops.int8kern_emu (int8kern.emu). It needs
+# the CUDA toolkit's headers only (cuda_fp16.h and friends compile for the host), no GPU and no
+# CUDA build of torch. INT8KERN_SKIP_CUDA=1 skips it too.
+with_emu = cuda_home is not None and not skip_cuda
+ext_modules = [ext]
+if with_emu:
+    emu_sources = sorted(["csrc/emu/emu_runtime.cpp", "csrc/emu/ops_emu.cpp", "csrc/int8_linear.cpp"]
+                         + glob.glob("csrc/emu/kernels/*.cpp"))
+    emu_flags = [f for f in cxx_flags if f != "-O3"] + [
+        "-O2", "-DINT8KERN_EMU", "-Wno-psabi", "-Wno-unknown-pragmas", "-Wno-class-memaccess"]
+    ext_modules.append(CppExtension(
+        "int8kern._emu", emu_sources, extra_compile_args={"cxx": emu_flags},
+        include_dirs=[os.path.join(here, "csrc"), os.path.join(cuda_home, "include")],
+        extra_link_args=link_flags,
+        depends=CUDA_HEADERS + sorted(glob.glob("csrc/emu/*.h") + glob.glob("csrc/cuda/*.cu"))))
 print(f"int8kern: building the {'CUDA + CPU' if with_cuda else 'CPU-only'} extension "
       f"(torch {torch.__version__}, CUDA {torch.version.cuda}, CUDA_HOME {cuda_home}"
       + (f", archs {os.environ['TORCH_CUDA_ARCH_LIST']}; wgmma GEMM {'built' if with_sm90a else 'not built (no 9.0a)'}"
-         if with_cuda else "") + ")")
+         if with_cuda else "") + ")" + ("; the CUDA emulator (int8kern._emu)" if with_emu else ""))
 
 
 class BuildExtensionWithArchObjects(BuildExtension):
@@ -100,6 +116,8 @@ class BuildExtensionWithArchObjects(BuildExtension):
     def build_extensions(self):
         if with_sm90a:
             for ext_ in self.extensions:
+                if ext_.name != "int8kern._C":
+                    continue  # the emulator's module runs the host-compiled copy of the same source
                 ext_.extra_objects = [self._compile_sm90a(src) for src in SM90A_SOURCES]
         super().build_extensions()
 
@@ -119,6 +137,6 @@ class BuildExtensionWithArchObjects(BuildExtension):
 
 # Name, version and packages are in pyproject.toml.
 setup(
-    ext_modules=[ext],
+    ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtensionWithArchObjects},
 )

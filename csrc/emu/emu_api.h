@@ -6,7 +6,6 @@
 #include <cstdint>
 #include <string>
 
-#include <driver_types.h>  // cudaError_t
 
 namespace int8kern {
 namespace emu {
@@ -17,6 +16,7 @@ struct Stats {
   uint64_t memsets = 0;       // cudaMemset* and zero-filled allocations of the host code
   uint64_t mallocs = 0;       // cudaMalloc and device allocations of the host code
   uint64_t memcpys = 0;
+  uint64_t library_calls = 0;  // cuBLAS calls of the CUDA host code (at::mm): one launch or more each
   uint64_t host_syncs = 0;    // device-to-host copies, synchronize calls, .item() of device data
   uint64_t cp_async_16 = 0;
   uint64_t mma_sync = 0;
@@ -31,11 +31,13 @@ void reset_stats();
 // "h200" (sm_90, 132 SMs; the default, or INT8KERN_EMU_DEVICE) or "a100" (sm_80, 108 SMs).
 bool set_device_kind(const char* key);
 const char* device_kind_key();
-// The last error and its report (kernel, block, thread, source line), cleared.
-std::string take_error(cudaError_t* code);
+// The last error (a cudaError_t value, 0: none) and its report (kernel, block, thread, source
+// line), cleared.
+std::string take_error(int* code);
 void count_host_sync();
 void count_memset();
 void count_allocation();
+void count_library_call();
 
 }  // namespace emu
 }  // namespace int8kern

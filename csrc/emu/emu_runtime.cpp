@@ -1283,9 +1283,9 @@ bool set_device_kind(const char* key) {
   return false;
 }
 const char* device_kind_key() { return device_kind().key; }
-std::string take_error(cudaError_t* code) {
+std::string take_error(int* code) {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
-  *code = g_last_error;
+  *code = static_cast<int>(g_last_error);
   std::string m = g_last_error == cudaSuccess ? "" : g_last_error_message;
   g_last_error = cudaSuccess;
   g_last_error_message.clear();
@@ -1298,6 +1298,10 @@ void count_host_sync() {
 void count_memset() {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
   ++g_stats.memsets;
+}
+void count_library_call() {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  ++g_stats.library_calls;
 }
 void count_allocation() {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);

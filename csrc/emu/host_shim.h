@@ -1,0 +1,58 @@
+// The device plumbing of csrc/cuda/ops_cuda.cpp when it is the emulated CUDA backend's host code
+// (INT8KERN_EMU): tensors live on the CPU, there is one emulated device and one stream, and every
+// allocation, memset, library call and host synchronisation the CUDA code would make is counted
+// (int8kern.emu.stats()), so launch and sync counts can be tested without a GPU.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "cuda_emu.h"
+#include "emu_api.h"
+
+namespace int8kern {
+namespace cuda {
+namespace {
+
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+int device_index(const at::Tensor&) { return 0; }
+// Fresh device memory holds no defined value: filled with 0xFF bytes (NaN in every float dtype,
+// -1 in integers), so an output element no kernel wrote cannot pass for a result.
+at::Tensor device_empty(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  emu::count_allocation();
+  auto t = at::empty(sizes, o);
+  if (t.numel() > 0) std::memset(t.data_ptr(), 0xFF, t.nbytes());
+  return t;
+}
+at::Tensor device_zeros(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  emu::count_allocation();
+  emu::count_memset();
+  return at::zeros(sizes, o);
+}
+at::Tensor library_mm(const at::Tensor& a, const at::Tensor& b) {
+  emu::count_library_call();
+  return at::mm(a, b);
+}
+void host_sync_point() { emu::count_host_sync(); }
+
+[[noreturn]] void launch_failed(const char* file, int line, int code, const std::string& report) {
+  TORCH_CHECK(false, "int8kern (CUDA emulator): error ", code, ": ", report, " [", file, ":",
+              line, "]");
+}
+#define INT8KERN_LAUNCH_CHECK()                                                   \
+  do {                                                                            \
+    int code_ = 0;                                                                \
+    const std::string report_ = ::int8kern::emu::take_error(&code_);              \
+    if (code_ != 0) launch_failed(__FILE__, __LINE__, code_, report_);            \
+  } while (0)
+#define INT8KERN_CUDA_CHECK(e)                                                                      \
+  do {                                                                                              \
+    const cudaError_t e_ = (e);                                                                     \
+    if (e_ != cudaSuccess) launch_failed(__FILE__, __LINE__, static_cast<int>(e_), "a device query failed"); \
+  } while (0)
+
+}  // namespace
+}  // namespace cuda
+}  // namespace int8kern
