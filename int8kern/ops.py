@@ -195,8 +195,7 @@ def _check_int8_operands(op, a, b):
     _check_inner_dim(op, a.size(1))
 
 
-@torch.library.register_fake("int8kern::quantize_rowwise")
-def _(x, threshold):
+def _fake_quantize_rowwise(x, threshold):
     op = "quantize_rowwise"
     _check_float_tensor(op, "x", x, 2, "[M, K]")
     _check_threshold(op, threshold)
@@ -210,14 +209,12 @@ def _(x, threshold):
     )
 
 
-@torch.library.register_fake("int8kern::int8_matmul")
-def _(a, b):
+def _fake_int8_matmul(a, b):
     _check_int8_operands("int8_matmul", a, b)
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
 
 
-@torch.library.register_fake("int8kern::dequantize_matmul")
-def _(acc, row_absmax, col_absmax, bias, add, out_dtype):
+def _fake_dequantize_matmul(acc, row_absmax, col_absmax, bias, add, out_dtype):
     op = "dequantize_matmul"
     _check_tensor(op, "acc", acc, torch.int32, 2, "[M, N]")
     M, N = acc.shape
@@ -225,8 +222,7 @@ def _(acc, row_absmax, col_absmax, bias, add, out_dtype):
     return acc.new_empty((M, N), dtype=out_dtype)
 
 
-@torch.library.register_fake("int8kern::int8_scaled_matmul")
-def _(a, b, row_absmax, col_absmax, bias, add, out_dtype):
+def _fake_int8_scaled_matmul(a, b, row_absmax, col_absmax, bias, add, out_dtype):
     op = "int8_scaled_matmul"
     _check_int8_operands(op, a, b)
     M, N = a.shape[0], b.shape[0]
@@ -234,8 +230,7 @@ def _(a, b, row_absmax, col_absmax, bias, add, out_dtype):
     return a.new_empty((M, N), dtype=out_dtype)
 
 
-@torch.library.register_fake("int8kern::int8_linear")
-def _(x, weight, weight_absmax, bias, threshold):
+def _fake_int8_linear(x, weight, weight_absmax, bias, threshold):
     op = "int8_linear"  # csrc/int8_linear.cpp: check_int8_linear_args
     _check_arg(x.dtype in _FLOAT_DTYPES and x.dim() >= 1, op, "x", "float16, bfloat16 or float32 [..., K]", x)
     _check_tensor(op, "weight", weight, torch.int8, 2, "[N, K]")
@@ -270,6 +265,23 @@ def _int8_linear_backward(ctx, grad):
     return grad_x, None, None, grad_bias, None
 
 
-torch.library.register_autograd(
-    "int8kern::int8_linear", _int8_linear_backward, setup_context=_int8_linear_setup_context
-)
+_FAKES = {
+    "quantize_rowwise": _fake_quantize_rowwise,
+    "int8_matmul": _fake_int8_matmul,
+    "dequantize_matmul": _fake_dequantize_matmul,
+    "int8_scaled_matmul": _fake_int8_scaled_matmul,
+    "int8_linear": _fake_int8_linear,
+}
+
+
+def _register_python_parts(namespace: str) -> None:
+    """Fakes and autograd of the ops in `namespace`: "int8kern", and "int8kern_emu" (the emulated
+    CUDA backend, int8kern.emu), whose ops share these schemas, checks and gradients."""
+    for name, fake in _FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}")(fake)
+    torch.library.register_autograd(
+        f"{namespace}::int8_linear", _int8_linear_backward, setup_context=_int8_linear_setup_context
+    )
+
+
+_register_python_parts("int8kern")

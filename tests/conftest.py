@@ -3,9 +3,32 @@ import os
 import pytest
 import torch
 
-# CPU always; CUDA when a GPU is visible. (Evaluated when pytest collects, never on import
-# of int8kern itself.)
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CPU always; CUDA when a GPU is visible; and "cuda_emu", the CUDA kernels and host code run on
+# CPU tensors under the warp-level emulator (int8kern.emu), wherever int8kern was built with it
+# (the CUDA toolkit's headers at build time: CI always). (Evaluated when pytest collects, never on
+# import of int8kern itself.)
+def _emulator_built():
+    try:
+        import int8kern.emu
+    except ImportError:
+        return False
+    return int8kern.emu.available()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["cuda_emu"] if _emulator_built() else [])
+
+
+class EmulatedCuda(str):
+    """What the `device` fixture gives for "cuda_emu": the string "cpu" (tensors live on the CPU)
+    that also says the ops run through the emulated CUDA kernels, so a test can tell the two apart
+    (`is_emulated(device)`) where it must, e.g. to keep shapes small: the emulator runs a CUDA
+    thread at a time."""
+
+    emulated = True
+
+
+def is_emulated(device):
+    return getattr(device, "emulated", False)
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 # Property-based tests: a bounded CI profile and a larger one for `make gpu-check`.
@@ -42,7 +65,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    if request.param != "cuda_emu":
+        yield request.param
+        return
+    import int8kern.emu
+
+    with int8kern.emu.backend("h200"):
+        yield EmulatedCuda("cpu")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import torch
 
 from int8kern import ops, reference as ref
 
-from conftest import FLOAT_DTYPES, assert_close_to_f64, linear_f64, randint8, randn
+from conftest import FLOAT_DTYPES, assert_close_to_f64, is_emulated, linear_f64, randint8, randn
 
 # (M, K, N) sampled from M in {0, 1, 7, 83, 4096}, K in {1, 3, 16, 67, 768, 5137},
 # N in {1, 5, 64, 4097}: every value appears; CPU time stays reasonable.
@@ -99,8 +99,9 @@ DECODE_SHAPES = [(1, 4096, 4096), (1, 5137, 4097), (3, 5137, 5), (16, 4096, 4097
 
 
 def _skip_unless_cuda(device):
-    if device != "cuda":
-        pytest.skip("decode tiling and split-K: CUDA only")
+    """The CUDA kernels' decode tiling and split-K, on a GPU or under the emulator."""
+    if device != "cuda" and not is_emulated(device):
+        pytest.skip("decode tiling and split-K: CUDA kernels only (a GPU, or the emulator)")
 
 
 @pytest.mark.parametrize("shape", DECODE_SHAPES, ids=mkn_ids)
@@ -136,7 +137,8 @@ def test_decode_scaled_matmul_repeatable(device, shape, out_dtype):
 
 
 def test_decode_split_k_streams_and_graph(device):
-    _skip_unless_cuda(device)
+    if device != "cuda":
+        pytest.skip("CUDA streams and graphs: a GPU only")
     M, K, N = 1, 4096, 4096  # split-K on any GPU with >= 8 SMs
     a, b = randint8((M, K), device, seed=45), randint8((N, K), device, seed=46)
     want = ops.int8_matmul(a, b)

@@ -42,6 +42,8 @@ void __tsan_acquire(void* addr);
 void __tsan_release(void* addr);
 void __tsan_read_range(void* addr, unsigned long size);
 void __tsan_write_range(void* addr, unsigned long size);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
 }
 #endif
 
@@ -83,30 +85,48 @@ int8kern_emu_switch:
 .size int8kern_emu_switch, .-int8kern_emu_switch
 )");
 
+// Every entry point of the emulator runs its bookkeeping inside an EmulatorScope: ThreadSanitizer
+// then ignores it (allocations and memsets included, which it would otherwise see through its
+// interceptors even in this uninstrumented file). The accesses an instruction makes for its
+// thread, and the synchronisation it implies, are reported explicitly below, outside the ignore.
+struct EmulatorScope {
+#if defined(INT8KERN_EMU_TSAN)
+  EmulatorScope() { __tsan_ignore_thread_begin(); }
+  ~EmulatorScope() { __tsan_ignore_thread_end(); }
+#endif
+};
 inline void tsan_read(const void* p, size_t n) {
 #if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_end();
   __tsan_read_range(const_cast<void*>(p), n);
+  __tsan_ignore_thread_begin();
 #else
   (void)p, (void)n;
 #endif
 }
 inline void tsan_write(void* p, size_t n) {
 #if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_end();
   __tsan_write_range(p, n);
+  __tsan_ignore_thread_begin();
 #else
   (void)p, (void)n;
 #endif
 }
 inline void tsan_release(void* p) {
 #if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_end();
   __tsan_release(p);
+  __tsan_ignore_thread_begin();
 #else
   (void)p;
 #endif
 }
 inline void tsan_acquire(void* p) {
 #if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_end();
   __tsan_acquire(p);
+  __tsan_ignore_thread_begin();
 #else
   (void)p;
 #endif
@@ -342,12 +362,17 @@ void switch_to_scheduler(bool finished) {
 #if defined(INT8KERN_EMU_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
 #endif
-  tsan_acquire(&g_launch_sync);
+#if defined(INT8KERN_EMU_TSAN)
+  __tsan_acquire(&g_launch_sync);
+#endif
   g_body(g_body_arg);
+#if defined(INT8KERN_EMU_TSAN)
+  __tsan_release(&g_launch_sync);
+#endif
+  EmulatorScope scope;
   ThreadState* t = g_thread;
   t->done = true;
   ++g_block->exited;
-  tsan_release(&g_launch_sync);
   switch_to_scheduler(true);
   __builtin_unreachable();
 }
@@ -363,7 +388,13 @@ void prepare_fiber(ThreadState* t) {
   for (int r = 0; r < 6; ++r) *--sp = nullptr;      // rbp rbx r12 r13 r14 r15
   t->sp = sp;
 #if defined(INT8KERN_EMU_TSAN)
-  t->tsan_fiber = __tsan_create_fiber(0);
+  // One ThreadSanitizer fiber per stack slot, kept across blocks and launches (creating one is
+  // costly, and blocks run one after another, fully ordered by the launch's release/acquire).
+  static std::vector<void*> fibers;
+  const size_t slot = static_cast<size_t>(t->linear);
+  if (slot >= fibers.size()) fibers.resize(slot + 1, nullptr);
+  if (fibers[slot] == nullptr) fibers[slot] = __tsan_create_fiber(0);
+  t->tsan_fiber = fibers[slot];
 #endif
 }
 
@@ -511,12 +542,6 @@ bool run_block(const uint3& block_idx, int nthreads) {
       break;
     }
   }
-#if defined(INT8KERN_EMU_TSAN)
-  for (auto& t : blk.threads) {
-    if (t.tsan_fiber != nullptr) __tsan_destroy_fiber(t.tsan_fiber);
-    t.tsan_fiber = nullptr;
-  }
-#endif
   return ok;
 }
 
@@ -526,6 +551,7 @@ bool run_block(const uint3& block_idx, int nthreads) {
 // Faults.
 // ---------------------------------------------------------------------------------------------
 void fault(const char* file, int line, const char* fmt, ...) {
+  EmulatorScope scope;
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -547,6 +573,7 @@ void fault(const char* file, int line, const char* fmt, ...) {
 // Barriers and warp collectives.
 // ---------------------------------------------------------------------------------------------
 void bar_sync(int id, int count, const char* file, int line) {
+  EmulatorScope scope;
   BlockState& blk = *g_block;
   const int nthreads = static_cast<int>(blk.threads.size());
   if (id < 0 || id > 15) fault(file, line, "bar.sync %d: barrier ids are 0..15", id);
@@ -582,6 +609,7 @@ void bar_sync(int id, int count, const char* file, int line) {
 }
 
 uint32_t shfl_sync(uint32_t mask, uint32_t v, int arg, int width, int mode, const char* file, int line) {
+  EmulatorScope scope;
   (void)width;
   ThreadState& t = *g_thread;
   WarpState& w = warp_of_current();
@@ -633,6 +661,7 @@ void* dynamic_smem() { return g_dynamic_smem; }
 // of it is reported.
 // ---------------------------------------------------------------------------------------------
 void cp_async_16(uint32_t dst, const void* src, const char* file, int line) {
+  EmulatorScope scope;
   auto* d = static_cast<uint8_t*>(smem_pointer(dst, 16, file, line));
   if ((reinterpret_cast<uintptr_t>(src) & 15u) != 0)
     fault(file, line, "cp.async 16 from global address %p: not 16-byte aligned", src);
@@ -645,6 +674,7 @@ void cp_async_16(uint32_t dst, const void* src, const char* file, int line) {
 }
 
 void cp_async_commit(const char* file, int line) {
+  EmulatorScope scope;
   (void)file, (void)line;
   ThreadState& t = *g_thread;
   t.cp_groups.push_back(std::move(t.cp_open));
@@ -652,6 +682,7 @@ void cp_async_commit(const char* file, int line) {
 }
 
 void cp_async_wait(int n, const char* file, int line) {
+  EmulatorScope scope;
   (void)file, (void)line;
   ThreadState& t = *g_thread;
   while (static_cast<int>(t.cp_groups.size()) > n) {
@@ -687,6 +718,7 @@ void check_no_pending_copy(const uint8_t* p, int bytes, const char* what, const 
 }  // namespace
 
 void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, const char* file, int line) {
+  EmulatorScope scope;
   ThreadState& t = *g_thread;
   WarpState& w = warp_of_current();
   if (lanes_in_warp(t.warp) != 32) fault(file, line, "ldmatrix in a partial warp");
@@ -733,6 +765,7 @@ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, const char* file, int line) {
 
 void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file,
                   int line) {
+  EmulatorScope scope;
   ThreadState& t = *g_thread;
   WarpState& w = warp_of_current();
   if (lanes_in_warp(t.warp) != 32) fault(file, line, "mma.sync in a partial warp");
@@ -830,6 +863,7 @@ int64_t land_tma(const PendingTma& p) {
 }  // namespace
 
 void mbar_init(uint32_t bar, uint32_t count, const char* file, int line) {
+  EmulatorScope scope;
   if (bar % 8 != 0) fault(file, line, "mbarrier.init at 0x%x: not 8-byte aligned", bar);
   if (count == 0 || count > (1u << 20) - 1) fault(file, line, "mbarrier.init with count %u", count);
   MBarrier& m = g_block->mbarriers[bar];
@@ -838,6 +872,7 @@ void mbar_init(uint32_t bar, uint32_t count, const char* file, int line) {
 }
 
 void mbar_arrive(uint32_t bar, uint32_t tx_bytes, const char* file, int line) {
+  EmulatorScope scope;
   MBarrier& m = mbarrier_at(bar, "mbarrier.arrive", file, line);
   if (m.pending == 0)
     fault(file, line, "mbarrier.arrive at 0x%x: more arrivals than its count %u in one phase", bar, m.expected);
@@ -847,6 +882,7 @@ void mbar_arrive(uint32_t bar, uint32_t tx_bytes, const char* file, int line) {
 }
 
 void mbar_wait(uint32_t bar, uint32_t parity, const char* file, int line) {
+  EmulatorScope scope;
   for (;;) {
     MBarrier& m = mbarrier_at(bar, "mbarrier.try_wait", file, line);
     // The phase of parity `parity` has completed once the current phase has the other parity.
@@ -868,6 +904,7 @@ void mbar_wait(uint32_t bar, uint32_t parity, const char* file, int line) {
 
 void tma_load_2d(uint32_t dst, const CUtensorMap* map, int32_t x, int32_t y, uint32_t bar,
                  const char* file, int line) {
+  EmulatorScope scope;
   EmuTensorMap tm;
   std::memcpy(&tm, map, sizeof(tm));
   if (tm.magic != kTensorMapMagic)
@@ -898,6 +935,7 @@ WarpgroupState& warpgroup_of_current(const char* what, const char* file, int lin
 }  // namespace
 
 void setmaxnreg(bool increase, int regs, const char* file, int line) {
+  EmulatorScope scope;
   if (regs < 24 || regs > 256 || regs % 8 != 0)
     fault(file, line, "setmaxnreg %d: the count must be a multiple of 8 in [24, 256]", regs);
   WarpgroupState& wg = warpgroup_of_current("setmaxnreg", file, line);
@@ -928,11 +966,13 @@ void setmaxnreg(bool increase, int regs, const char* file, int line) {
 }
 
 void wgmma_fence(const char* file, int line) {
+  EmulatorScope scope;
   WarpgroupState& wg = warpgroup_of_current("wgmma.fence", file, line);
   rendezvous(wg.coll, 128, 0xffffffffu, "wgmma.fence", file, line, [] {});
 }
 
 void wgmma_m64nNk32_s8(int32_t* d, int n, uint64_t desc_a, uint64_t desc_b, const char* file, int line) {
+  EmulatorScope scope;
   WarpgroupState& wg = warpgroup_of_current("wgmma.mma_async", file, line);
   const int t = g_thread->linear % 128;
   wg.desc_a[t] = desc_a;
@@ -963,6 +1003,7 @@ void wgmma_m64nNk32_s8(int32_t* d, int n, uint64_t desc_a, uint64_t desc_b, cons
 }
 
 void wgmma_commit(const char* file, int line) {
+  EmulatorScope scope;
   WarpgroupState& wg = warpgroup_of_current("wgmma.commit_group", file, line);
   rendezvous(wg.coll, 128, 0xffffffffu, "wgmma.commit_group", file, line, [&] {
     wg.groups.push_back(std::move(wg.open));
@@ -1005,6 +1046,7 @@ void complete_wgmma(WarpgroupState& wg, WgmmaOp& op, const char* file, int line)
 }  // namespace
 
 void wgmma_wait(int n, const char* file, int line) {
+  EmulatorScope scope;
   WarpgroupState& wg = warpgroup_of_current("wgmma.wait_group", file, line);
   rendezvous(wg.coll, 128, 0xffffffffu, "wgmma.wait_group", file, line, [&] {
     while (static_cast<int>(wg.groups.size()) > n) {
@@ -1031,6 +1073,7 @@ void wgmma_wait(int n, const char* file, int line) {
 // Launches.
 // ---------------------------------------------------------------------------------------------
 void launch(const void* kernel, const LaunchConfig& cfg, void (*body)(void*), void* arg) {
+  EmulatorScope scope;
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
   const DeviceKind& dev = device_kind();
   const uint64_t threads = static_cast<uint64_t>(cfg.block.x) * cfg.block.y * cfg.block.z;
@@ -1105,6 +1148,7 @@ cudaError_t Free(void* p) {
 }
 cudaError_t Memcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  EmulatorScope scope;
   tsan_acquire(&g_launch_sync);
   if (bytes > 0) std::memcpy(dst, src, bytes);
   ++g_stats.memcpys;
@@ -1114,6 +1158,7 @@ cudaError_t Memcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind
 }
 cudaError_t MemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  EmulatorScope scope;
   if (bytes > 0) std::memcpy(dst, src, bytes);
   ++g_stats.memcpys;
   (void)kind;
@@ -1121,6 +1166,7 @@ cudaError_t MemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind
 }
 cudaError_t Memset(void* p, int value, size_t bytes) {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  EmulatorScope scope;
   if (bytes > 0) std::memset(p, value, bytes);
   ++g_stats.memsets;
   return cudaSuccess;
