@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -29,6 +30,20 @@ class EmulatedCuda(str):
 
 def is_emulated(device):
     return getattr(device, "emulated", False)
+
+
+@contextlib.contextmanager
+def on_device(name):
+    """What the `device` fixture does, for tests parametrized over DEVICES by hand (hypothesis'
+    @given tests cannot take a function-scoped fixture): yields the device string to put tensors
+    on, with the emulated CUDA backend selected for "cuda_emu"."""
+    if name != "cuda_emu":
+        yield name
+        return
+    import int8kern.emu
+
+    with int8kern.emu.backend("h200"):
+        yield EmulatedCuda("cpu")
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 # Property-based tests: a bounded CI profile and a larger one for `make gpu-check`.

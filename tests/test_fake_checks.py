@@ -30,11 +30,12 @@ class _EagerAndFake:
     """Stands in for torch.ops.int8kern inside int8kern.ops: each call runs the fake, then the
     kernel, compares them, and returns (or raises) what the kernel did."""
 
-    def __init__(self):
+    def __init__(self, namespace):
+        self.namespace = namespace  # torch.ops.int8kern, or int8kern_emu for the "cuda_emu" device
         self.calls, self.errors = 0, 0
 
     def __getattr__(self, name):
-        op = getattr(torch.ops.int8kern, name)
+        op = getattr(self.namespace, name)
 
         def call(*args):
             # Static input shapes (the messages print sizes); a ShapeEnv for quantize_rowwise's
@@ -59,8 +60,9 @@ class _EagerAndFake:
 
 
 @pytest.fixture(autouse=True)
-def eager_and_fake(monkeypatch, request):
-    checker = _EagerAndFake()
+def eager_and_fake(monkeypatch, request, device):
+    # after `device`, which selects the backend (int8kern.ops._ops) this checker then wraps
+    checker = _EagerAndFake(ops._ops)
     monkeypatch.setattr(ops, "_ops", checker)
     yield
     assert checker.calls > 0, f"{request.node.name} called no int8kern op: nothing was compared"

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 from int8kern import ops, reference as ref  # noqa: E402
 
-from conftest import DEVICES, FLOAT_DTYPES, assert_close_to_f64  # noqa: E402
+from conftest import DEVICES, FLOAT_DTYPES, assert_close_to_f64, on_device  # noqa: E402
 
 dims = st.one_of(st.integers(1, 8), st.integers(9, 300), st.sampled_from([15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129]))
 dtypes = st.sampled_from(FLOAT_DTYPES)
@@ -48,23 +48,25 @@ def _to(t, device):
 @pytest.mark.parametrize("device", DEVICES)
 @given(x=activations(), threshold=thresholds)
 def test_quantize_rowwise_property(device, x, threshold):
-    q, absmax, cols = ops.quantize_rowwise(x.to(device), threshold)
-    q_r, absmax_r, cols_r = ref.quantize_rowwise(x, threshold)
-    assert torch.equal(cols.cpu(), cols_r)
-    assert torch.equal(absmax.cpu(), absmax_r)
-    if q.numel():
-        assert (q.cpu().int() - q_r.int()).abs().max() <= 1
-        assert q.abs().max() <= 127
+    with on_device(device) as device:
+        q, absmax, cols = ops.quantize_rowwise(x.to(device), threshold)
+        q_r, absmax_r, cols_r = ref.quantize_rowwise(x, threshold)
+        assert torch.equal(cols.cpu(), cols_r)
+        assert torch.equal(absmax.cpu(), absmax_r)
+        if q.numel():
+            assert (q.cpu().int() - q_r.int()).abs().max() <= 1
+            assert q.abs().max() <= 127
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(M=st.integers(0, 40), K=dims, N=st.integers(1, 40), seed=st.integers(0, 2**31 - 1),
        low=st.sampled_from([-128, -127, 0]))
 def test_int8_matmul_property(device, M, K, N, seed, low):
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randint(low, 128, (M, K), generator=g, dtype=torch.int8)
-    b = torch.randint(low, 128, (N, K), generator=g, dtype=torch.int8)
-    assert torch.equal(ops.int8_matmul(a.to(device), b.to(device)).cpu(), ref.int8_matmul(a, b))
+    with on_device(device) as device:
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randint(low, 128, (M, K), generator=g, dtype=torch.int8)
+        b = torch.randint(low, 128, (N, K), generator=g, dtype=torch.int8)
+        assert torch.equal(ops.int8_matmul(a.to(device), b.to(device)).cpu(), ref.int8_matmul(a, b))
 
 
 @st.composite
@@ -91,32 +93,35 @@ def _f64(acc, row, col, bias, add):
 @pytest.mark.parametrize("device", DEVICES)
 @given(case=epilogue_case())
 def test_dequantize_matmul_property(device, case):
-    a, b, row, col, bias, add, out_dtype = case
-    acc = ref.int8_matmul(a, b)
-    out = ops.dequantize_matmul(acc.to(device), row.to(device), col.to(device), _to(bias, device), _to(add, device), out_dtype)
-    assert_close_to_f64(out.cpu(), ref.dequantize_matmul(acc, row, col, bias, add, out_dtype), _f64(acc, row, col, bias, add))
+    with on_device(device) as device:
+        a, b, row, col, bias, add, out_dtype = case
+        acc = ref.int8_matmul(a, b)
+        out = ops.dequantize_matmul(acc.to(device), row.to(device), col.to(device), _to(bias, device), _to(add, device), out_dtype)
+        assert_close_to_f64(out.cpu(), ref.dequantize_matmul(acc, row, col, bias, add, out_dtype), _f64(acc, row, col, bias, add))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(case=epilogue_case())
 def test_int8_scaled_matmul_property(device, case):
-    a, b, row, col, bias, add, out_dtype = case
-    out = ops.int8_scaled_matmul(a.to(device), b.to(device), row.to(device), col.to(device), _to(bias, device),
-                                 _to(add, device), out_dtype)
-    acc = ref.int8_matmul(a, b)
-    assert_close_to_f64(out.cpu(), ref.int8_scaled_matmul(a, b, row, col, bias, add, out_dtype), _f64(acc, row, col, bias, add))
+    with on_device(device) as device:
+        a, b, row, col, bias, add, out_dtype = case
+        out = ops.int8_scaled_matmul(a.to(device), b.to(device), row.to(device), col.to(device), _to(bias, device),
+                                     _to(add, device), out_dtype)
+        acc = ref.int8_matmul(a, b)
+        assert_close_to_f64(out.cpu(), ref.int8_scaled_matmul(a, b, row, col, bias, add, out_dtype), _f64(acc, row, col, bias, add))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @given(x=activations(max_m=24), N=st.integers(1, 24), threshold=thresholds, seed=st.integers(0, 2**31 - 1),
        with_bias=st.booleans())
 def test_int8_linear_property(device, x, N, threshold, seed, with_bias):
-    K = x.shape[1]
-    g = torch.Generator().manual_seed(seed)
-    weight, absmax = ref.quantize_weight(torch.randn(N, K, generator=g) * 0.1)
-    bias = (torch.randn(N, generator=g)).to(x.dtype) if with_bias else None
-    y = ops.int8_linear(x.to(device), weight.to(device), absmax.to(device), _to(bias, device), threshold)
-    y_ref = ref.int8_linear(x, weight, absmax, bias, threshold)
-    w = weight.double() * (absmax.double()[:, None] / 127)
-    f64 = x.double() @ w.T + (bias.double() if bias is not None else 0)
-    assert_close_to_f64(y.cpu(), y_ref, f64, atol=1e-4)
+    with on_device(device) as device:
+        K = x.shape[1]
+        g = torch.Generator().manual_seed(seed)
+        weight, absmax = ref.quantize_weight(torch.randn(N, K, generator=g) * 0.1)
+        bias = (torch.randn(N, generator=g)).to(x.dtype) if with_bias else None
+        y = ops.int8_linear(x.to(device), weight.to(device), absmax.to(device), _to(bias, device), threshold)
+        y_ref = ref.int8_linear(x, weight, absmax, bias, threshold)
+        w = weight.double() * (absmax.double()[:, None] / 127)
+        f64 = x.double() @ w.T + (bias.double() if bias is not None else 0)
+        assert_close_to_f64(y.cpu(), y_ref, f64, atol=1e-4)
