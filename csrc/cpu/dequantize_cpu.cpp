@@ -1,9 +1,10 @@
-// dequantize_matmul on the CPU: one pass over the int32 accumulator, parallel over rows.
-#include <ATen/Parallel.h>
+// dequantize_matmul on the CPU: one pass over the int32 accumulator, parallel over rows
+// (parallel.h).
 #include <torch/library.h>
 
 #include "../checks.h"
 #include "epilogue.h"
+#include "parallel.h"
 
 namespace int8kern {
 namespace cpu {
@@ -26,7 +27,7 @@ at::Tensor dequantize_matmul_cpu(const at::Tensor& acc, const at::Tensor& row_ab
                           [&]<typename OutT, typename AddT>() {
                             OutT* o = static_cast<OutT*>(out.data_ptr());
                             const int64_t grain = std::max<int64_t>(1, 16384 / N);
-                            at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
+                            parallel_chunks(M, grain, M * N * 8, [&](int, int64_t r0, int64_t r1) {
                               for (int64_t i = r0; i < r1; i += 4)  // 4 rows across N: 8 streams
                                 dequantize_tile<OutT, AddT>(e, i, std::min<int64_t>(4, r1 - i), 0, N,
                                                             a + i * N, N, o + i * N, N);

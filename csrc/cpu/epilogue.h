@@ -53,15 +53,23 @@ void dequantize_rows_transposed(const EpilogueArgs& e, int64_t i, int64_t rows, 
 
 // The dequantized weight columns that meet x's outlier columns, transposed:
 // wo[c, j] = float(dtype(float(weight[j, cols[c]]) * (absmax[j] / 127))) (blocked, see the
-// top), as the reference
-// rounds them; and xo = x[:, cols] as float. Both are float32 values stored as float64, which
-// is what EpilogueArgs' outlier term reads.
+// top), as the reference rounds them; and xo = x[:, cols] as float. Both are float32 values
+// stored as float64, which is what EpilogueArgs' outlier term reads.
 struct OutlierColumns {
   at::Tensor xo;  // float64 [M, n_out]
   at::Tensor wo;  // float64 [ceil(N / 32), n_out, 32], zero past N
+  // What gather_block reads: the weight, its scales, the columns, x's dtype.
+  at::Tensor weight, weight_absmax, cols;
+  at::ScalarType dtype;
+  // Fills wo's block b (weight rows 32 b .. 32 b + 31). int8_linear calls it from the GEMM
+  // task that streams those weight rows next, at decode sizes, so that the gather needs no
+  // parallel region of its own and finds the rows on their way into the cache.
+  void gather_block(int64_t b) const;
 };
+// xo gathered; wo gathered too when gather_weight_now, else left for gather_block.
 OutlierColumns gather_outlier_columns(const at::Tensor& x2, const at::Tensor& weight,
-                                      const at::Tensor& weight_absmax, const at::Tensor& cols);
+                                      const at::Tensor& weight_absmax, const at::Tensor& cols,
+                                      bool gather_weight_now = true);
 
 // col_absmax / 127 once per call, so the per-element work is two multiplies.
 inline std::vector<float> column_scales(const at::Tensor& col_absmax) {
@@ -77,12 +85,14 @@ class EpilogueOperands {
  public:
   EpilogueOperands(const at::Tensor& row_absmax, const at::Tensor& col_absmax,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& add,
-                   at::ScalarType out_dtype, c10::optional<OutlierColumns> outliers = c10::nullopt)
+                   at::ScalarType out_dtype, c10::optional<OutlierColumns> outliers = c10::nullopt,
+                   bool outlier_weights_gathered = true)
       : row_(row_absmax.contiguous()),
         bias_(bias_as_float(bias)),
         add_(add_for_epilogue(add, out_dtype)),
         col_scale_(column_scales(col_absmax.contiguous())),
-        outliers_(std::move(outliers)) {}
+        outliers_(std::move(outliers)),
+        outlier_weights_gathered_(outlier_weights_gathered) {}
   EpilogueArgs args() const {
     EpilogueArgs e{row_.data_ptr<float>(), col_scale_.data(),
                    bias_ ? bias_->data_ptr<float>() : nullptr, add_ ? add_->data_ptr() : nullptr,
@@ -95,12 +105,18 @@ class EpilogueOperands {
     return e;
   }
   bool add_is_float() const { return add_ && add_->scalar_type() == at::kFloat; }
+  // The outlier columns whose wo the GEMM must still gather (gather_outlier_columns with
+  // gather_weight_now = false), or null.
+  const OutlierColumns* pending_outlier_weights() const {
+    return outliers_ && !outlier_weights_gathered_ && outliers_->xo.size(1) > 0 ? &*outliers_ : nullptr;
+  }
 
  private:
   at::Tensor row_;
   c10::optional<at::Tensor> bias_, add_;
   std::vector<float> col_scale_;
   c10::optional<OutlierColumns> outliers_;
+  bool outlier_weights_gathered_;
 };
 
 // Calls f.template operator()<OutT, AddT>() for the output dtype and the add dtype, which is

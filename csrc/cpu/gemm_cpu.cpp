@@ -28,7 +28,6 @@
 // benchmarks/NOTES.md). Its int32 result then takes one dequantize pass. Not for K < 16: on
 // this project's Zen 4 CPU, torch 2.14.1's _int_mm returns garbage for K = 1.
 // INT8KERN_CPU_ONEDNN=0 turns it off.
-#include <ATen/Parallel.h>
 #include <ATen/cpu/Utils.h>
 #include <torch/library.h>
 #include <immintrin.h>
@@ -39,6 +38,7 @@
 
 #include "../checks.h"
 #include "epilogue.h"
+#include "parallel.h"
 
 namespace int8kern {
 namespace cpu {
@@ -120,7 +120,7 @@ at::Tensor widen_to_int16(const at::Tensor& a) {
   auto a16 = at::empty(a.sizes(), a.options().dtype(at::kShort));
   const int8_t* src = a.data_ptr<int8_t>();
   int16_t* dst = a16.data_ptr<int16_t>();
-  at::parallel_for(0, a.numel(), 1 << 16, [&](int64_t s, int64_t e) {
+  parallel_chunks(a.numel(), 1 << 16, a.numel() * 3, [&](int, int64_t s, int64_t e) {
     for (int64_t t = s; t < e; ++t) dst[t] = src[t];
   });
   return a16;
@@ -251,7 +251,7 @@ struct VnniPath {
     auto au = at::empty(a.sizes(), a.options().dtype(at::kByte));
     const uint8_t* src = reinterpret_cast<const uint8_t*>(a.data_ptr<int8_t>());
     uint8_t* dst = au.data_ptr<uint8_t>();
-    at::parallel_for(0, a.numel(), 1 << 16, [&](int64_t s, int64_t e) {
+    parallel_chunks(a.numel(), 1 << 16, a.numel() * 2, [&](int, int64_t s, int64_t e) {
       for (int64_t t = s; t < e; ++t) dst[t] = src[t] ^ 0x80u;
     });
     return au;
@@ -271,9 +271,12 @@ struct VnniPath {
 };
 
 // Runs the blocked GEMM and hands each finished [mr, BLOCK_N] strip of int32 results to
-// sink(i0, mr, j0, nb, acc, ld_acc) while it is hot in cache.
-template <class Path, typename Sink>
-void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
+// sink(i0, mr, j0, nb, acc, ld_acc) while it is hot in cache. before_task(j_block) runs at the
+// start of each task, on the thread that runs it (int8_linear gathers the task's outlier
+// weight columns there). One parallel region for the whole product.
+template <class Path, typename Sink, typename BeforeTask>
+void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& b, Sink&& sink,
+                       BeforeTask&& before_task) {
   using AType = typename Path::AType;
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   const auto ap_t = Path::prepare_a(a);
@@ -281,11 +284,16 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
   const int8_t* bp = b.data_ptr<int8_t>();
   const int64_t m_blocks = (M + BLOCK_M - 1) / BLOCK_M;
   const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
-  at::parallel_for(0, m_blocks * n_blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int32_t> acc(BLOCK_M * BLOCK_N);
+  // The work estimate, in bytes: the weight streamed once per block of a's rows, plus the
+  // multiply-accumulates at the ~16 per byte-time that one core of either path sustains.
+  const int64_t work = m_blocks * N * K + M * N * K / 16;
+  parallel_chunks(m_blocks * n_blocks, 1, work, [&](int, int64_t t0, int64_t t1) {
+    thread_local std::vector<int32_t> acc;
+    acc.resize(BLOCK_M * BLOCK_N);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i_begin = (t / n_blocks) * BLOCK_M, j_begin = (t % n_blocks) * BLOCK_N;
       const int64_t i_end = std::min(M, i_begin + BLOCK_M), j_end = std::min(N, j_begin + BLOCK_N);
+      before_task(t % n_blocks);
       std::fill(acc.begin(), acc.end(), 0);
       for (int64_t k0 = 0; k0 < K; k0 += Path::kBlockK) {
         const int64_t kc = std::min(Path::kBlockK, K - k0);
@@ -308,16 +316,18 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
   });
 }
 
-template <typename Sink>
-void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink) {
+template <typename Sink, typename BeforeTask>
+void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeTask&& before_task) {
   if (cpu_has_vnni()) {
     static const VnniPath vnni;
-    gemm_blocked_with(vnni, a, b, sink);
+    gemm_blocked_with(vnni, a, b, sink, before_task);
   } else {
     static const Avx2Path avx2;
-    gemm_blocked_with(avx2, a, b, sink);
+    gemm_blocked_with(avx2, a, b, sink, before_task);
   }
 }
+
+void no_task_prologue(int64_t) {}
 
 // oneDNN for the large-M GEMMs (see the top): M >= 256, K >= 16, VNNI or AMX present.
 bool use_onednn(int64_t M, int64_t K) {
@@ -341,7 +351,7 @@ at::Tensor int8_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   int32_t* op = out.data_ptr<int32_t>();
   gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
     for (int ii = 0; ii < mr; ++ii) std::memcpy(op + (i + ii) * N + j0, acc + ii * ld, nb * sizeof(int32_t));
-  });
+  }, no_task_prologue);
   return out;
 }
 
@@ -352,6 +362,17 @@ at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Ten
   if (M == 0 || N == 0) return out;
   auto a = a_in.contiguous(), b = b_in.contiguous();
   const EpilogueArgs e = operands.args();
+  // int8_linear's outlier weight columns, when not gathered yet: inside the GEMM's tasks if
+  // each weight block is visited once (one block of a's rows; no parallel region of their
+  // own), else in a pass of their own first.
+  const OutlierColumns* gather_outliers_per_task = operands.pending_outlier_weights();
+  if (gather_outliers_per_task && (use_onednn(M, a.size(1)) || M > BLOCK_M)) {
+    const int64_t blocks = gather_outliers_per_task->wo.size(0);
+    parallel_chunks(blocks, 1, N * gather_outliers_per_task->cols.numel() * 64, [&](int, int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) gather_outliers_per_task->gather_block(blk);
+    });
+    gather_outliers_per_task = nullptr;
+  }
   dispatch_epilogue_types(out_dtype, operands.add_is_float(),
                           [&]<typename OutT, typename AddT>() {
     OutT* o = static_cast<OutT*>(out.data_ptr());
@@ -363,7 +384,7 @@ at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Ten
       const auto acc_t = at::_int_mm(b, a.t());  // [N, M]
       const int32_t* accp = acc_t.data_ptr<int32_t>();
       constexpr int64_t kRows = 16;  // one 64-byte line of acc_t per column
-      at::parallel_for(0, (M + kRows - 1) / kRows, 1, [&](int64_t g0, int64_t g1) {
+      parallel_chunks((M + kRows - 1) / kRows, 1, M * N * 8, [&](int, int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g) {
           const int64_t i = g * kRows, rows = std::min(kRows, M - i);
           dequantize_rows_transposed<OutT, AddT>(e, i, rows, accp + i, M, o + i * N, N);
@@ -373,6 +394,8 @@ at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Ten
     }
     gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
       dequantize_tile<OutT, AddT>(e, i, mr, j0, nb, acc, ld, o + i * N + j0, N);
+    }, [&](int64_t j_block) {
+      if (gather_outliers_per_task) gather_outliers_per_task->gather_block(j_block);
     });
   });
   return out;

@@ -11,46 +11,63 @@
 // sgemm takes ~15 ms at M = 16, N = 4096, n_out = 20 on this project's first CPU (1.3 M
 // MACs), more than the int8 GEMM itself, and adding its [M, N] result in the epilogue costs
 // a write and a read of M * N floats.
-#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
 
 #include "epilogue.h"
+#include "parallel.h"
 
 namespace int8kern {
 namespace cpu {
 
-OutlierColumns gather_outlier_columns(const at::Tensor& x2, const at::Tensor& weight,
-                                      const at::Tensor& weight_absmax, const at::Tensor& cols) {
-  const auto x = x2.contiguous(), w = weight.contiguous(), absmax = weight_absmax.contiguous();
-  const auto c = cols.contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0), n = c.numel();
-  const int64_t blocks = (N + 31) / 32;
-  OutlierColumns out{at::empty({M, n}, x.options().dtype(at::kDouble)),
-                     at::zeros({blocks, n, 32}, x.options().dtype(at::kDouble))};
-  const int64_t* cp = c.data_ptr<int64_t>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* ap = absmax.data_ptr<float>();
-  double* xo = out.xo.data_ptr<double>();
-  double* wo = out.wo.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_linear", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    at::parallel_for(0, M, std::max<int64_t>(1, 4096 / n), [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i)
-        for (int64_t k = 0; k < n; ++k) xo[i * n + k] = static_cast<float>(xp[i * K + cp[k]]);  // exact in double
-    });
+void OutlierColumns::gather_block(int64_t b) const {
+  const int64_t K = weight.size(1), N = weight.size(0), n = cols.size(0);
+  const int64_t* cp = cols.data_ptr<int64_t>();
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* ap = weight_absmax.data_ptr<float>();
+  double* dst_block = wo.data_ptr<double>() + b * n * 32;
+  const int64_t j0 = b * 32, j1 = std::min(N, j0 + 32);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "int8_linear", [&] {
     // n bytes from each weight row: one cache line (and, in a large weight, one page) per byte
     // apart from neighbours, so the rows a few ahead are prefetched to keep misses in flight.
     constexpr int64_t kAhead = 8;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t j = b0 * 32; j < std::min(N, b1 * 32); ++j) {
-        if (j + kAhead < N)
-          for (int64_t k = 0; k < n; ++k) __builtin_prefetch(wp + (j + kAhead) * K + cp[k]);
-        const float scale = ap[j] / 127.0f;  // a true division, as the reference's
-        double* dst = wo + (j / 32) * n * 32 + j % 32;
-        for (int64_t k = 0; k < n; ++k)
-          dst[k * 32] = static_cast<float>(static_cast<scalar_t>(static_cast<float>(wp[j * K + cp[k]]) * scale));
-      }
+    for (int64_t j = j0; j < j1; ++j) {
+      if (j + kAhead < N)
+        for (int64_t k = 0; k < n; ++k) __builtin_prefetch(wp + (j + kAhead) * K + cp[k]);
+      const float scale = ap[j] / 127.0f;  // a true division, as the reference's
+      double* dst = dst_block + j % 32;
+      for (int64_t k = 0; k < n; ++k)
+        dst[k * 32] = static_cast<float>(static_cast<scalar_t>(static_cast<float>(wp[j * K + cp[k]]) * scale));
+    }
+  });
+  // The last block's columns past N stay zero, so the epilogue reads whole blocks unmasked.
+  for (int64_t k = 0; k < n; ++k) std::fill(dst_block + k * 32 + (j1 - j0), dst_block + k * 32 + 32, 0.0);
+}
+
+OutlierColumns gather_outlier_columns(const at::Tensor& x2, const at::Tensor& weight,
+                                      const at::Tensor& weight_absmax, const at::Tensor& cols,
+                                      bool gather_weight_now) {
+  const auto x = x2.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), n = cols.numel();
+  const int64_t blocks = (N + 31) / 32;
+  // at::empty, not at::zeros: filling a tensor this size would open an OpenMP region of its own.
+  OutlierColumns out{at::empty({M, n}, x.options().dtype(at::kDouble)),
+                     at::empty({blocks, n, 32}, x.options().dtype(at::kDouble)),
+                     weight.contiguous(), weight_absmax.contiguous(), cols.contiguous(), x.scalar_type()};
+  const int64_t* cp = out.cols.data_ptr<int64_t>();
+  double* xo = out.xo.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "int8_linear", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    parallel_chunks(M, std::max<int64_t>(1, 4096 / n), M * n * 64, [&](int, int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i)
+        for (int64_t k = 0; k < n; ++k) xo[i * n + k] = static_cast<float>(xp[i * K + cp[k]]);  // exact in double
     });
   });
+  if (gather_weight_now)
+    parallel_chunks(blocks, 1, N * n * 64, [&](int, int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) out.gather_block(b);
+    });
   return out;
 }
 

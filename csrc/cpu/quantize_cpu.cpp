@@ -1,9 +1,8 @@
 // quantize_rowwise on the CPU: row-wise absmax quantization fused with outlier-column
-// detection. Parallel over rows; each row is read from memory once: converted to float32
+// detection. Parallel over rows (parallel.h; one thread for decode-sized x); each row is read from memory once: converted to float32
 // into a row buffer that stays in L1/L2, then reduced (absmax, outliers) and quantized from
 // that buffer. Outlier columns are marked in a per-thread byte mask, merged, compacted into
 // an ascending int64 list, and finally zeroed in q (a pass over n_out columns only).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <immintrin.h>
 
@@ -13,6 +12,8 @@
 #include <vector>
 
 #include "../checks.h"
+#include "ops_cpu.h"
+#include "parallel.h"
 
 namespace int8kern {
 namespace cpu {
@@ -101,16 +102,9 @@ INT8KERN_CLONES void to_float(const T* x, int64_t K, float* v) {
   for (int64_t j = 0; j < K; ++j) v[j] = static_cast<float>(x[j]);
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Tensor& x,
-                                                                    double threshold_d) {
-  const char* op = "quantize_rowwise";
-  check_float_tensor(op, "x", x, 2, "[M, K]");
-  check_threshold(op, threshold_d);
+// The rows quantized and the outlier columns found (q not yet zeroed there).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x, double threshold_d) {
   const int64_t M = x.size(0), K = x.size(1);
-  TORCH_CHECK(K >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
-              describe(x));
   const float threshold = static_cast<float>(threshold_d);
   const bool find_outliers = threshold > 0.0f;
 
@@ -120,15 +114,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Te
   int8_t* qp = q.data_ptr<int8_t>();
   float* ap = row_absmax.data_ptr<float>();
 
-  const int n_threads = at::get_num_threads();
-  std::vector<uint8_t> masks(find_outliers ? static_cast<size_t>(n_threads) * K : 0, 0);
-  const int64_t grain = std::max<int64_t>(1, 32768 / K);
+  // One outlier mask per worker, merged below (the workers' rows differ, their columns not).
+  const int n_workers = cpu_threads();
+  std::vector<uint8_t> masks(find_outliers ? static_cast<size_t>(n_workers) * K : 0, 0);
+  const int64_t rows_per_chunk = std::max<int64_t>(1, 32768 / K);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rowwise", [&] {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
-    at::parallel_for(0, M, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<float> row(K);
-      uint8_t* mask = find_outliers ? masks.data() + at::get_thread_num() * K : nullptr;
+    parallel_chunks(M, rows_per_chunk, M * K * static_cast<int64_t>(sizeof(scalar_t)),
+                    [&](int worker, int64_t r0, int64_t r1) {
+      std::vector<float> row(std::is_same_v<scalar_t, float> ? 0 : K);
+      uint8_t* mask = find_outliers ? masks.data() + static_cast<size_t>(worker) * K : nullptr;
       for (int64_t i = r0; i < r1; ++i) {
         const float* v = reinterpret_cast<const float*>(xp + i * K);
         if constexpr (!std::is_same_v<scalar_t, float>) {
@@ -139,27 +135,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Te
         ap[i] = amax;
         quantize_row(v, K, amax > 0.0f ? 127.0f / amax : 0.0f, qp + i * K);
       }
-    });
+    }, n_workers);
   });
 
   std::vector<int64_t> cols;
   if (find_outliers) {
     for (int64_t j = 0; j < K; ++j) {
       uint8_t any = 0;
-      for (int t = 0; t < n_threads; ++t) any |= masks[static_cast<size_t>(t) * K + j];
+      for (int t = 0; t < n_workers; ++t) any |= masks[static_cast<size_t>(t) * K + j];
       if (any) cols.push_back(j);
     }
   }
   auto outlier_cols = at::empty({static_cast<int64_t>(cols.size())}, x.options().dtype(at::kLong));
-  if (!cols.empty()) {
-    std::copy(cols.begin(), cols.end(), outlier_cols.data_ptr<int64_t>());
-    at::parallel_for(0, M, std::max<int64_t>(1, 4096 / static_cast<int64_t>(cols.size())),
-                     [&](int64_t r0, int64_t r1) {
-                       for (int64_t i = r0; i < r1; ++i)
-                         for (int64_t c : cols) qp[i * K + c] = 0;
-                     });
-  }
+  std::copy(cols.begin(), cols.end(), outlier_cols.data_ptr<int64_t>());
   return {q, row_absmax, outlier_cols};
+}
+
+// q[:, cols] = 0.
+void zero_outlier_columns(at::Tensor& q, const at::Tensor& cols) {
+  const int64_t M = q.size(0), K = q.size(1), n = cols.numel();
+  if (n == 0) return;
+  int8_t* qp = q.data_ptr<int8_t>();
+  const int64_t* cp = cols.data_ptr<int64_t>();
+  // One scattered byte per (row, column): a cache line each.
+  parallel_chunks(M, std::max<int64_t>(1, 4096 / n), M * n * 64, [&](int, int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i)
+      for (int64_t c = 0; c < n; ++c) qp[i * K + cp[c]] = 0;
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cpu(const at::Tensor& x,
+                                                                    double threshold_d) {
+  const char* op = "quantize_rowwise";
+  check_float_tensor(op, "x", x, 2, "[M, K]");
+  check_threshold(op, threshold_d);
+  TORCH_CHECK(x.size(1) >= 1, "int8kern.", op, ": x must have at least one column (K >= 1), got ",
+              describe(x));
+  auto [q, row_absmax, cols] = quantize_rows(x, threshold_d);
+  zero_outlier_columns(q, cols);
+  return {q, row_absmax, cols};
 }
 
 TORCH_LIBRARY_IMPL(int8kern, CPU, m) { m.impl("quantize_rowwise", &quantize_rowwise_cpu); }

@@ -1,0 +1,61 @@
+// How the CPU kernels use more than one thread, and how many they may use.
+//
+// Why not at::parallel_for (OpenMP): an OpenMP region ends in a join, and the calling thread
+// waits there for every thread of the team, including one that the OS has not scheduled. When
+// another process holds the second core (a busy laptop, a shared server, a vCPU the host has
+// descheduled), that wait is a scheduler tick or more: on 2 Zen 4 vCPUs with a busy loop at
+// nice -10 pinned to the second one, a 12 us torch add_ took 44 ms at its 90th percentile, and
+// Int8LinearLt at M = 1 took 24 ms on two threads against 1.1 ms on one (benchmarks/NOTES.md,
+// 2026-12-03). parallel_chunks() below never waits for a thread that has not started: the
+// calling thread claims chunks of the work itself, helper threads claim the rest when they get
+// CPU time, and the caller waits only for chunks a helper has already claimed. Work too small
+// to pay for a second thread runs on the calling thread alone.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace int8kern {
+namespace cpu {
+
+// What the process may really use, read once (see cpu_budget()).
+struct CpuBudget {
+  int64_t affinity_cpus = 0;     // CPUs in sched_getaffinity
+  double quota_cpus = 0.0;       // cgroup CPU quota / period (v2 cpu.max, v1 cfs_quota_us); 0: none
+  int64_t override_threads = 0;  // INT8KERN_NUM_THREADS; 0: not set
+  int64_t threads = 1;           // the override if set, else min(affinity, floor(quota)), >= 1
+};
+
+// The budget from a file tree laid out like / (root "" is the real one: proc/self/cgroup,
+// proc/self/mountinfo, the cgroup files under the mount points it names), an override value
+// (nullptr: none) and the affinity count. Separate from the cached one so tests can feed it
+// fake trees. Throws (naming INT8KERN_NUM_THREADS) when the override is not a positive integer.
+CpuBudget compute_cpu_budget(const std::string& root, const char* override_value, int64_t affinity_cpus);
+
+// The process's budget, computed on first use and cached.
+const CpuBudget& cpu_budget();
+
+// Threads the kernels use now: min(torch.get_num_threads(), cpu_budget().threads).
+int cpu_threads();
+
+// Below this much work (bytes streamed, or the equivalent in multiply-accumulates, see the
+// callers) a call runs on one thread: waking a helper costs 10-50 us on a VM, about what a
+// single thread needs to stream this many bytes from L3.
+constexpr int64_t kMinParallelWork = int64_t{1} << 20;
+
+// fn(worker, begin, end) for consecutive ranges covering [0, n), each at most `grain` long.
+// `work` is the whole call's work in the unit of kMinParallelWork. worker is in
+// [0, max_workers) (max_workers 0: cpu_threads()): 0 is the calling thread; ranges given to one worker never overlap in
+// time, so per-worker scratch needs no lock. Returns when every range is done; an exception
+// from fn is rethrown here. fn must not call parallel_chunks itself (a nested call runs
+// serially).
+using ChunkFn = std::function<void(int worker, int64_t begin, int64_t end)>;
+void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, int max_workers = 0);
+
+// How many calls of parallel_chunks have offered work to a helper thread since the process
+// started (a debug counter: the tests count the parallel regions of one op call with it).
+int64_t parallel_regions();
+
+}  // namespace cpu
+}  // namespace int8kern

@@ -1,0 +1,328 @@
+// parallel.h: the CPU thread budget and parallel_chunks.
+#include "parallel.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/thread_pool.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <tuple>
+#include <vector>
+
+namespace int8kern {
+namespace cpu {
+namespace {
+
+// ---------------------------------------------------------------- the budget
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> parts;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, sep);) parts.push_back(part);
+  return parts;
+}
+
+bool has_token(const std::string& list, const std::string& token) {
+  const auto parts = split(list, ',');
+  return std::find(parts.begin(), parts.end(), token) != parts.end();
+}
+
+// One cgroup mount from /proc/self/mountinfo: "id parent maj:min ROOT MOUNTPOINT opts
+// [optional...] - FSTYPE source SUPEROPTS".
+struct CgroupMount {
+  std::string root, mount_point, fs_type, super_options;
+};
+
+std::vector<CgroupMount> cgroup_mounts(const std::string& root) {
+  std::vector<CgroupMount> mounts;
+  for (const auto& line : read_lines(root + "/proc/self/mountinfo")) {
+    const auto fields = split(line, ' ');
+    const auto dash = std::find(fields.begin(), fields.end(), "-");
+    if (fields.size() < 5 || dash == fields.end() || fields.end() - dash < 4) continue;
+    CgroupMount m{fields[3], fields[4], dash[1], dash[3]};
+    if (m.fs_type == "cgroup2" || m.fs_type == "cgroup") mounts.push_back(m);
+  }
+  return mounts;
+}
+
+// The directories of a cgroup, itself first, then each parent up to the mount point: a
+// parent's quota caps its children too. `path` is the process's cgroup from /proc/self/cgroup,
+// which is relative to the hierarchy's root, while the mount may show only a subtree (`root`
+// in mountinfo, as inside a container); a path outside that subtree falls back to the mount
+// point itself.
+std::vector<std::string> cgroup_dirs(const std::string& fs_root, const CgroupMount& m, std::string path) {
+  if (m.root != "/" && path.compare(0, m.root.size(), m.root) == 0) path = path.substr(m.root.size());
+  else if (m.root != "/") path = "/";
+  std::vector<std::string> dirs;
+  while (true) {
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    dirs.push_back(fs_root + m.mount_point + (path == "/" ? "" : path));
+    if (path.empty() || path == "/") break;
+    path = path.substr(0, path.rfind('/'));
+    if (path.empty()) path = "/";
+  }
+  return dirs;
+}
+
+// The tightest quota (CPUs = quota / period) along the cgroup's directories; 0 when none.
+double tightest_quota(const std::vector<std::string>& dirs, double (*read_quota)(const std::string&)) {
+  double best = 0.0;
+  for (const auto& dir : dirs) {
+    const double q = read_quota(dir);
+    if (q > 0.0 && (best == 0.0 || q < best)) best = q;
+  }
+  return best;
+}
+
+double parse_positive(const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  return (end != s.c_str() && errno == 0 && std::isfinite(v) && v > 0.0) ? v : 0.0;
+}
+
+// cgroup v2: cpu.max is "QUOTA PERIOD" in microseconds, QUOTA "max" when unlimited.
+double quota_v2(const std::string& dir) {
+  const auto lines = read_lines(dir + "/cpu.max");
+  if (lines.empty()) return 0.0;
+  const auto parts = split(lines[0], ' ');
+  if (parts.size() < 2 || parts[0] == "max") return 0.0;
+  const double quota = parse_positive(parts[0]), period = parse_positive(parts[1]);
+  return quota > 0.0 && period > 0.0 ? quota / period : 0.0;
+}
+
+// cgroup v1: cpu.cfs_quota_us (-1 when unlimited) and cpu.cfs_period_us.
+double quota_v1(const std::string& dir) {
+  const auto q = read_lines(dir + "/cpu.cfs_quota_us"), p = read_lines(dir + "/cpu.cfs_period_us");
+  if (q.empty() || p.empty()) return 0.0;
+  const double quota = parse_positive(q[0]), period = parse_positive(p[0]);
+  return quota > 0.0 && period > 0.0 ? quota / period : 0.0;
+}
+
+double cgroup_quota_cpus(const std::string& root) {
+  const auto mounts = cgroup_mounts(root);
+  double best = 0.0;
+  auto take = [&](double q) {
+    if (q > 0.0 && (best == 0.0 || q < best)) best = q;
+  };
+  // /proc/self/cgroup: "0::PATH" for v2; "ID:CONTROLLERS:PATH" for each v1 hierarchy.
+  for (const auto& line : read_lines(root + "/proc/self/cgroup")) {
+    const auto first = line.find(':'), second = line.find(':', first + 1);
+    if (first == std::string::npos || second == std::string::npos) continue;
+    const std::string controllers = line.substr(first + 1, second - first - 1), path = line.substr(second + 1);
+    for (const auto& m : mounts) {
+      if (controllers.empty() && m.fs_type == "cgroup2")
+        take(tightest_quota(cgroup_dirs(root, m, path), quota_v2));
+      else if (!controllers.empty() && has_token(controllers, "cpu") && m.fs_type == "cgroup" &&
+               has_token(m.super_options, "cpu"))
+        take(tightest_quota(cgroup_dirs(root, m, path), quota_v1));
+    }
+  }
+  return best;
+}
+
+int64_t affinity_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+// ---------------------------------------------------------------- parallel_chunks
+
+std::atomic<int64_t> regions_offered{0};
+thread_local bool inside_chunk = false;
+
+// One parallel_chunks call, shared with the helpers it wakes. The helpers hold it by
+// shared_ptr, so a helper that starts after the call has returned finds no chunk left and
+// touches nothing else: fn (on the caller's stack) is only reached through a successful claim,
+// and the caller does not return while a claimed chunk is unfinished.
+struct Job {
+  int64_t n = 0, grain = 1, n_chunks = 0;
+  const ChunkFn* fn = nullptr;
+  int max_workers = 1;
+  std::atomic<int64_t> next_chunk{0};
+  std::atomic<int64_t> done_chunks{0};
+  std::atomic<int> next_worker{1};  // 0 is the caller
+  std::mutex error_mutex;
+  std::exception_ptr error;
+
+  void work(int worker) {
+    inside_chunk = true;
+    for (int64_t c; (c = next_chunk.fetch_add(1)) < n_chunks;) {
+      try {
+        const int64_t begin = c * grain;
+        (*fn)(worker, begin, std::min(n, begin + grain));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+      if (done_chunks.fetch_add(1) + 1 == n_chunks) done_chunks.notify_all();
+    }
+    inside_chunk = false;
+  }
+};
+
+// The helper threads: cpu_budget().threads - 1 of them, started on first use and never
+// destroyed (a pool joined by a static destructor at exit could wait on a thread the exit
+// already stopped). After fork() the child has none of them; it starts its own.
+struct Helpers {
+  c10::ThreadPool* pool = nullptr;
+  int size = 0;
+  // Offers posted but not yet picked up. At most `size`: a helper that another process keeps
+  // off the CPU would otherwise collect one queued offer per call until it runs again.
+  std::atomic<int> queued{0};
+};
+std::mutex helpers_mutex;
+Helpers* helpers_now = nullptr;
+
+Helpers& helpers() {
+  std::lock_guard<std::mutex> lock(helpers_mutex);
+  if (helpers_now == nullptr) {
+    static const bool registered = [] {
+      pthread_atfork(nullptr, nullptr, [] { helpers_now = nullptr; });  // leaks the parent's, on purpose
+      return true;
+    }();
+    (void)registered;
+    auto* h = new Helpers;
+    h->size = static_cast<int>(std::max<int64_t>(1, cpu_budget().threads - 1));
+    h->pool = new c10::ThreadPool(h->size);
+    helpers_now = h;
+  }
+  return *helpers_now;
+}
+
+// Takes one of the pool's offer slots; false when every helper already has one waiting.
+bool take_offer_slot(Helpers& h) {
+  int q = h.queued.load();
+  while (q < h.size)
+    if (h.queued.compare_exchange_weak(q, q + 1)) return true;
+  return false;
+}
+
+}  // namespace
+
+CpuBudget compute_cpu_budget(const std::string& root, const char* override_value, int64_t affinity) {
+  CpuBudget b;
+  b.affinity_cpus = std::max<int64_t>(1, affinity);
+  b.quota_cpus = cgroup_quota_cpus(root);
+  if (override_value != nullptr) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(override_value, &end, 10);
+    TORCH_CHECK(end != override_value && *end == '\0' && errno == 0 && v >= 1 && v <= 4096,
+                "int8kern: INT8KERN_NUM_THREADS must be a whole number of threads from 1 to 4096, got '",
+                override_value, "'");
+    b.override_threads = v;
+    b.threads = v;
+    return b;
+  }
+  b.threads = b.affinity_cpus;
+  // A fractional quota rounds down: 1.5 CPUs on 2 threads gets throttled for the rest of each
+  // period once the quota is spent, which is the wait this file exists to avoid.
+  if (b.quota_cpus > 0.0) b.threads = std::min<int64_t>(b.threads, std::max<int64_t>(1, std::floor(b.quota_cpus)));
+  return b;
+}
+
+const CpuBudget& cpu_budget() {
+  static const CpuBudget budget = compute_cpu_budget("", std::getenv("INT8KERN_NUM_THREADS"), affinity_cpus());
+  return budget;
+}
+
+int cpu_threads() {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), cpu_budget().threads)));
+}
+
+int64_t parallel_regions() { return regions_offered.load(); }
+
+void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, int max_workers) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t n_chunks = (n + grain - 1) / grain;
+  const int threads = (inside_chunk || at::in_parallel_region() || n_chunks < 2 || work < kMinParallelWork)
+                          ? 1
+                          : static_cast<int>(std::min<int64_t>(max_workers > 0 ? max_workers : cpu_threads(), n_chunks));
+  if (threads == 1) {
+    fn(0, 0, n);
+    return;
+  }
+  auto job = std::make_shared<Job>();
+  job->n = n;
+  job->grain = grain;
+  job->n_chunks = n_chunks;
+  job->fn = &fn;
+  job->max_workers = threads;
+  Helpers& h = helpers();
+  int offers = 0;
+  while (offers < threads - 1 && take_offer_slot(h)) {
+    ++offers;
+    h.pool->run([job, helpers = &h] {
+      helpers->queued.fetch_sub(1);
+      const int worker = job->next_worker.fetch_add(1);
+      if (worker < job->max_workers) job->work(worker);
+    });
+  }
+  if (offers > 0) regions_offered.fetch_add(1);
+  job->work(0);
+  // Every chunk is claimed; wait for those still running on a helper. Spin first (a chunk
+  // takes microseconds), then sleep on the counter so that this core is free for the helper.
+  for (int spin = 0; spin < 4096 && job->done_chunks.load() < n_chunks; ++spin) _mm_pause();
+  for (int64_t d; (d = job->done_chunks.load()) < n_chunks;) job->done_chunks.wait(d);
+  if (job->error) std::rethrow_exception(job->error);
+}
+
+namespace {
+
+// Private ops for the tests and benchmarks (int8kern.ops.cpu_threads wraps the first).
+int64_t cpu_threads_op() { return cpu_threads(); }
+
+std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_op() {
+  const CpuBudget& b = cpu_budget();
+  return {b.threads, b.quota_cpus, b.affinity_cpus, b.override_threads};
+}
+
+std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_from_op(std::string root,
+                                                                  std::optional<std::string> override_value,
+                                                                  int64_t affinity) {
+  const CpuBudget b = compute_cpu_budget(root, override_value ? override_value->c_str() : nullptr, affinity);
+  return {b.threads, b.quota_cpus, b.affinity_cpus, b.override_threads};
+}
+
+int64_t parallel_regions_op() { return parallel_regions(); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(int8kern, m) {
+  // Threads the CPU kernels use now.
+  m.def("_cpu_threads() -> int", &cpu_threads_op);
+  // The process's cached budget: (threads, quota_cpus, affinity_cpus, override_threads).
+  m.def("_cpu_budget() -> (int, float, int, int)", &cpu_budget_op);
+  // The same computed from a file tree laid out like / (tests).
+  m.def("_cpu_budget_from(str root, str? override_value, int affinity_cpus) -> (int, float, int, int)",
+        &cpu_budget_from_op);
+  // parallel_regions() (parallel.h).
+  m.def("_cpu_parallel_regions() -> int", &parallel_regions_op);
+}
+
+}  // namespace cpu
+}  // namespace int8kern
