@@ -10,6 +10,15 @@
 // calling thread claims chunks of the work itself, helper threads claim the rest when they get
 // CPU time, and the caller waits only for chunks a helper has already claimed. Work too small
 // to pay for a second thread runs on the calling thread alone.
+//
+// A helper can still be preempted inside a chunk it claimed, and the caller then waits for it
+// (a chunk's inputs live on the caller's stack, so the caller cannot return before it ends).
+// Such a stall (a wait well beyond the caller's own time per chunk), and the caller itself
+// being preempted during the call (a woken helper that finds no idle core is queued on the
+// caller's, and the caller then waits behind whatever else runs there), are taken as signs
+// that other processes hold the cores: the following calls run on one thread for a backoff
+// time that doubles with every further stall, up to a second, and shrinks again once a helper
+// keeps up. Under a neighbour that never lets go, that is one stall per second at most.
 #pragma once
 
 #include <cstdint>
@@ -56,6 +65,9 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
 // How many calls of parallel_chunks have offered work to a helper thread since the process
 // started (a debug counter: the tests count the parallel regions of one op call with it).
 int64_t parallel_regions();
+
+// How many times a caller waited for a helper's chunk long enough to back off (see the top).
+int64_t parallel_stalls();
 
 }  // namespace cpu
 }  // namespace int8kern

@@ -8,10 +8,12 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -153,6 +155,32 @@ int64_t affinity_cpus() {
 std::atomic<int64_t> regions_offered{0};
 thread_local bool inside_chunk = false;
 
+// Backing off after a stall (parallel.h): while serial_until_ns lies ahead, calls run on the
+// calling thread alone. Each stall doubles the next backoff up to kMaxBackoff; a call in
+// which a helper did its share without stalling halves it back towards kMinBackoff. Under a
+// neighbour that keeps the core, that costs one stall (a few scheduler ticks) per
+// kMaxBackoff at worst; on a quiet machine, a stray stall costs kMinBackoff of one thread.
+constexpr int64_t kMinBackoffNs = 10'000'000;
+constexpr int64_t kMaxBackoffNs = 1'000'000'000;
+// A wait for a helper's chunk counts as a stall when it exceeds twice the caller's own mean
+// chunk time plus this slack (a wake-up and a cache miss or two on a VM).
+constexpr int64_t kStallSlackNs = 100'000;
+std::atomic<int64_t> serial_until_ns{0};
+std::atomic<int64_t> backoff_ns{kMinBackoffNs};
+std::atomic<int64_t> stalls_seen{0};
+
+// Involuntary context switches of the calling thread so far: the OS took the CPU from it to
+// run something else, which on a quiet machine does not happen within a sub-millisecond call.
+int64_t preemptions_of_this_thread() {
+  struct rusage usage;
+  return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nivcsw : 0;
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // One parallel_chunks call, shared with the helpers it wakes. The helpers hold it by
 // shared_ptr, so a helper that starts after the call has returned finds no chunk left and
 // touches nothing else: fn (on the caller's stack) is only reached through a successful claim,
@@ -167,9 +195,11 @@ struct Job {
   std::mutex error_mutex;
   std::exception_ptr error;
 
-  void work(int worker) {
+  // Runs chunks until none is left; returns how many this worker ran.
+  int64_t work(int worker) {
     inside_chunk = true;
-    for (int64_t c; (c = next_chunk.fetch_add(1)) < n_chunks;) {
+    int64_t ran = 0;
+    for (int64_t c; (c = next_chunk.fetch_add(1)) < n_chunks; ++ran) {
       try {
         const int64_t begin = c * grain;
         (*fn)(worker, begin, std::min(n, begin + grain));
@@ -180,6 +210,7 @@ struct Job {
       if (done_chunks.fetch_add(1) + 1 == n_chunks) done_chunks.notify_all();
     }
     inside_chunk = false;
+    return ran;
   }
 };
 
@@ -254,12 +285,14 @@ int cpu_threads() {
 }
 
 int64_t parallel_regions() { return regions_offered.load(); }
+int64_t parallel_stalls() { return stalls_seen.load(); }
 
 void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, int max_workers) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t n_chunks = (n + grain - 1) / grain;
-  const int threads = (inside_chunk || at::in_parallel_region() || n_chunks < 2 || work < kMinParallelWork)
+  const int threads = (inside_chunk || at::in_parallel_region() || n_chunks < 2 || work < kMinParallelWork ||
+                       now_ns() < serial_until_ns.load(std::memory_order_relaxed))
                           ? 1
                           : static_cast<int>(std::min<int64_t>(max_workers > 0 ? max_workers : cpu_threads(), n_chunks));
   if (threads == 1) {
@@ -283,11 +316,27 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
     });
   }
   if (offers > 0) regions_offered.fetch_add(1);
-  job->work(0);
+  const int64_t preempted_before = preemptions_of_this_thread();
+  const int64_t start = now_ns();
+  const int64_t own_chunks = job->work(0);
+  const int64_t own_end = now_ns();
   // Every chunk is claimed; wait for those still running on a helper. Spin first (a chunk
   // takes microseconds), then sleep on the counter so that this core is free for the helper.
   for (int spin = 0; spin < 4096 && job->done_chunks.load() < n_chunks; ++spin) _mm_pause();
   for (int64_t d; (d = job->done_chunks.load()) < n_chunks;) job->done_chunks.wait(d);
+  const int64_t waited = now_ns() - own_end;
+  // A stall: a long wait for a helper, or the caller itself preempted (waking a helper on a
+  // core that is not idle puts it in line with whatever else runs there; the caller then
+  // waits for its turn behind other processes, for a whole time slice of theirs).
+  const bool preempted = preemptions_of_this_thread() > preempted_before;
+  if (preempted || waited > kStallSlackNs + 2 * (own_end - start) / std::max<int64_t>(1, own_chunks)) {
+    stalls_seen.fetch_add(1);
+    const int64_t b = backoff_ns.load();
+    serial_until_ns.store(now_ns() + b);
+    backoff_ns.store(std::min(kMaxBackoffNs, 2 * b));
+  } else if (own_chunks < n_chunks) {  // a helper did its share, in time
+    backoff_ns.store(std::max(kMinBackoffNs, backoff_ns.load() / 2));
+  }
   if (job->error) std::rethrow_exception(job->error);
 }
 
@@ -309,6 +358,7 @@ std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_from_op(std::string roo
 }
 
 int64_t parallel_regions_op() { return parallel_regions(); }
+int64_t parallel_stalls_op() { return parallel_stalls(); }
 
 }  // namespace
 
@@ -322,6 +372,8 @@ TORCH_LIBRARY_FRAGMENT(int8kern, m) {
         &cpu_budget_from_op);
   // parallel_regions() (parallel.h).
   m.def("_cpu_parallel_regions() -> int", &parallel_regions_op);
+  // parallel_stalls() (parallel.h).
+  m.def("_cpu_parallel_stalls() -> int", &parallel_stalls_op);
 }
 
 }  // namespace cpu
