@@ -170,6 +170,9 @@ def main(argv=None):
           f"(affinity {affinity} CPUs, cgroup quota {quota:g} CPUs (0: none), INT8KERN_NUM_THREADS "
           f"{override or 'unset'}); load average before: {env['load_before']}")
 
+    if override:
+        print("# INT8KERN_NUM_THREADS is set: int8kern ignores torch's thread count, so the one-thread "
+              "columns are one thread for torch's ops only")
     rounds = 2 if args.dry_run else args.rounds
     K = N = 256 if args.dry_run else 4096
     Ms = [1, 16] if args.dry_run else [1, 512]
@@ -178,7 +181,7 @@ def main(argv=None):
     items = [(name, M, fn, "layer", base) for name, M, fn, base in layer_items(K, N, Ms, copies=4)]
     model_skip = "--dry-run" if args.dry_run else ("--no-model" if args.no_model else None)
     if model_skip is None:
-        got, model_skip = model_items(tokens=16)
+        got, model_skip = model_items(tokens=12)
         items += [(name, M, fn, "model", base) for name, M, fn, base in got or []]
     if model_skip:
         print(f"# SmolLM2 rows skipped: {model_skip}")

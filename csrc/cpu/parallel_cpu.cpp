@@ -281,7 +281,9 @@ const CpuBudget& cpu_budget() {
 }
 
 int cpu_threads() {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), cpu_budget().threads)));
+  const CpuBudget& b = cpu_budget();
+  if (b.override_threads > 0) return static_cast<int>(b.override_threads);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), b.threads)));
 }
 
 int64_t parallel_regions() { return regions_offered.load(); }

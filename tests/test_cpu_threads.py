@@ -1,0 +1,212 @@
+"""The CPU kernels' thread budget (affinity, cgroup quota, INT8KERN_NUM_THREADS) and their
+parallel regions per call (issue 21; csrc/cpu/parallel.h)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import int8kern
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+budget_from = torch.ops.int8kern._cpu_budget_from
+regions = torch.ops.int8kern._cpu_parallel_regions
+
+
+def fake_root(tmp_path, mountinfo, cgroup, files):
+    """A directory laid out like / for the budget: proc/self/{mountinfo,cgroup} and files."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/mountinfo").write_text("\n".join(mountinfo) + "\n")
+    (tmp_path / "proc/self/cgroup").write_text("\n".join(cgroup) + "\n")
+    for path, text in files.items():
+        p = tmp_path / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text + "\n")
+    return str(tmp_path)
+
+
+V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate"
+V1_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup rw,cpu,cpuacct"
+
+
+@pytest.mark.parametrize("cpu_max, quota, threads", [
+    ("150000 100000", 1.5, 1),   # a fractional quota rounds down
+    ("250000 100000", 2.5, 2),
+    ("max 100000", 0.0, 8),      # unlimited: the affinity decides
+    ("50000 100000", 0.5, 1),    # below one CPU: still one thread
+])
+def test_cgroup_v2_quota(tmp_path, cpu_max, quota, threads):
+    root = fake_root(tmp_path, [V2_MOUNT], ["0::/user.slice/job"],
+                     {"sys/fs/cgroup/user.slice/job/cpu.max": cpu_max})
+    got = budget_from(root, None, 8)
+    assert got[0] == threads and got[1] == pytest.approx(quota) and got[2] == 8 and got[3] == 0
+
+
+def test_cgroup_v2_parent_quota_caps_the_child(tmp_path):
+    root = fake_root(tmp_path, [V2_MOUNT], ["0::/user.slice/job"],
+                     {"sys/fs/cgroup/user.slice/job/cpu.max": "max 100000",
+                      "sys/fs/cgroup/user.slice/cpu.max": "300000 100000"})
+    assert budget_from(root, None, 8)[:2] == (3, pytest.approx(3.0))
+
+
+def test_cgroup_v2_in_a_namespace(tmp_path):
+    # Inside a container's cgroup namespace the process sees its own cgroup as "/", at the mount point.
+    root = fake_root(tmp_path, [V2_MOUNT], ["0::/"], {"sys/fs/cgroup/cpu.max": "200000 100000"})
+    assert budget_from(root, None, 16)[:2] == (2, pytest.approx(2.0))
+
+
+def test_affinity_below_the_quota(tmp_path):
+    root = fake_root(tmp_path, [V2_MOUNT], ["0::/job"], {"sys/fs/cgroup/job/cpu.max": "400000 100000"})
+    assert budget_from(root, None, 2)[0] == 2
+
+
+@pytest.mark.parametrize("quota_us, threads", [("200000", 2), ("-1", 4)])
+def test_cgroup_v1_quota(tmp_path, quota_us, threads):
+    d = "sys/fs/cgroup/cpu,cpuacct/docker/abc"
+    root = fake_root(tmp_path, [V1_MOUNT], ["4:memory:/docker/abc", "3:cpu,cpuacct:/docker/abc"],
+                     {f"{d}/cpu.cfs_quota_us": quota_us, f"{d}/cpu.cfs_period_us": "100000"})
+    assert budget_from(root, None, 4)[0] == threads
+
+
+def test_cgroup_v1_mount_of_a_subtree(tmp_path):
+    # A container mounts only its own subtree (mountinfo root /docker/abc): the files are at the mount point.
+    mount = V1_MOUNT.replace(" / /sys", " /docker/abc /sys")
+    root = fake_root(tmp_path, [mount], ["3:cpu,cpuacct:/docker/abc"],
+                     {"sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "100000",
+                      "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000"})
+    assert budget_from(root, None, 4)[0] == 1
+
+
+def test_no_cgroup_files(tmp_path):
+    assert budget_from(str(tmp_path), None, 3) == (3, 0.0, 3, 0)
+
+
+def test_override(tmp_path):
+    root = fake_root(tmp_path, [V2_MOUNT], ["0::/job"], {"sys/fs/cgroup/job/cpu.max": "100000 100000"})
+    assert budget_from(root, "3", 2)[0] == 3 and budget_from(root, "3", 2)[3] == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "2x", "", "99999"])
+def test_bad_override_names_the_variable(tmp_path, bad):
+    with pytest.raises(RuntimeError, match="INT8KERN_NUM_THREADS must be a whole number of threads"):
+        budget_from(str(tmp_path), bad, 2)
+
+
+def run_python(code, **env_changes):
+    """stdout of `code` in a fresh interpreter; env_changes set (str) or remove (None) variables."""
+    env = dict(os.environ)
+    for k, v in env_changes.items():
+        env.pop(k, None) if v is None else env.__setitem__(k, v)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+BUDGET = "import torch, int8kern\nprint(torch.ops.int8kern._cpu_budget()[0], torch.ops.int8kern._cpu_threads())\n"
+
+
+def test_process_budget_takes_the_override():
+    assert run_python(BUDGET, INT8KERN_NUM_THREADS="1").split() == ["1", "1"]
+
+
+def test_process_budget_takes_the_affinity():
+    pin = "import os\nos.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+    assert run_python(pin + BUDGET, INT8KERN_NUM_THREADS=None).split() == ["1", "1"]
+
+
+def test_bad_override_in_the_process_is_a_clear_error():
+    code = "import torch, int8kern\ntorch.ops.int8kern._cpu_threads()\n"
+    env = dict(os.environ, INT8KERN_NUM_THREADS="lots",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "INT8KERN_NUM_THREADS must be a whole number of threads" in out.stderr
+    assert "'lots'" in out.stderr
+
+
+def test_override_wins_over_torch_threads():
+    code = "import torch, int8kern\ntorch.set_num_threads(1)\nprint(torch.ops.int8kern._cpu_threads())\n"
+    assert run_python(code, INT8KERN_NUM_THREADS="2").split() == ["2"]
+
+
+@pytest.mark.skipif("INT8KERN_NUM_THREADS" in os.environ, reason="the override replaces torch's count")
+def test_threads_follow_torch():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.ops.int8kern._cpu_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert torch.ops.int8kern._cpu_threads() == min(before, torch.ops.int8kern._cpu_budget()[0])
+
+
+def linear(K, N, threshold, M=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(K, N)
+    x = torch.randn(M, K, generator=g)
+    x[:, : max(1, K // 200)] = 30.0  # outlier columns
+    return int8kern.Int8LinearLt.from_linear(lin, threshold=threshold), x
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_decode_call_opens_at_most_one_region(threshold):
+    layer, x = linear(4096, 4096, threshold)
+    with torch.inference_mode():
+        layer(x)
+        before = regions()
+        layer(x)
+        assert regions() - before <= 1
+
+
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_small_work_stays_on_one_thread(threshold):
+    layer, x = linear(256, 256, threshold, M=4)
+    with torch.inference_mode():
+        before = regions()
+        layer(x)
+        int8kern.quantize_rowwise(x, threshold)
+        assert regions() == before
+
+
+@pytest.mark.skipif("INT8KERN_NUM_THREADS" in os.environ, reason="the override replaces torch's count")
+def test_one_thread_opens_no_region():
+    layer, x = linear(4096, 4096, 6.0, M=64)
+    before_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        before = regions()
+        with torch.inference_mode():
+            layer(x)
+        assert regions() == before
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+@pytest.mark.parametrize("M", [1, 200, 300])  # one block of rows, several, the oneDNN path
+def test_results_do_not_depend_on_threads(M):
+    layer, x = linear(1024, 1000, 6.0, M=M)
+    before_threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            one = layer(x)
+            torch.set_num_threads(max(2, before_threads))
+            many = layer(x)
+    finally:
+        torch.set_num_threads(before_threads)
+    assert torch.equal(one, many)
+
+
+def test_bench_shared_cpu_dry_run(tmp_path):
+    out = tmp_path / "shared.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks/bench_shared_cpu.py"), "--dry-run",
+                        "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    conditions = {c["condition"] for c in data["checks"]}
+    assert conditions == ({"idle", "neighbour"} if len(os.sched_getaffinity(0)) > 1 else {"idle"})
+    assert data["env"]["isa"] and data["env"]["cpu"]
+    assert {c["row"] for c in data["checks"]} == {f"Int8LinearLt th {t}, M = {M}" for t in (6, 0) for M in (1, 16)}
