@@ -39,6 +39,11 @@ eval: install
 	$(PY) -m int8kern.eval --model smollm2
 	$(PY) -m int8kern.eval --model minilm
 
+# The CPU kernels with default threads, one thread, and a busy neighbour on one core (issue 21).
+.PHONY: bench-shared-cpu
+bench-shared-cpu: install
+	$(PY) benchmarks/bench_shared_cpu.py --json benchmarks/results/shared-cpu.json
+
 # On a GPU machine (the runbook, scripts/gpu_check.sh): self-test, every CUDA test with both GEMM
 # main loops, compute-sanitizer (memcheck, racecheck, synccheck, initcheck), short timings.
 gpu-check:

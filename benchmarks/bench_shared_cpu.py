@@ -26,6 +26,10 @@ import subprocess
 import sys
 import time
 
+# No progress bar in the output (transformers' GGUF de-quantization one); tqdm reads this
+# when it is imported.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import torch
 
 import int8kern
