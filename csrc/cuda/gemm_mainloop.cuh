@@ -75,6 +75,9 @@ INT8KERN_D void compute_stage(const int8_t* sa, const int8_t* sb,
       bf[2 * np][1] = r[1];
       bf[2 * np + 1][0] = r[2];
       bf[2 * np + 1][1] = r[3];
+#ifdef INT8KERN_PLANT_SWAPPED_LDMATRIX_LANES  // test plant for tests/test_emu_selftest.py; never defined in a normal build: matrices 1 and 2 swapped
+      bf[2 * np][1] = r[2], bf[2 * np + 1][0] = r[1];
+#endif
     }
 #pragma unroll
     for (int mi = 0; mi < Cfg::MI; ++mi) {

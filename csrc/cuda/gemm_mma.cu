@@ -79,8 +79,12 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
           load_tile<Cfg, BN, kAligned>(sb[cur ^ 1], b, ldb, N, K, ctx.n0, (kt + 1) * BK, tid);
         }
         cp_async_commit();   // possibly empty group: keeps the group count uniform
+#ifndef INT8KERN_PLANT_MISSING_CP_ASYNC_WAIT  // test plant for tests/test_emu_selftest.py; never defined in a normal build
         cp_async_wait<1>();  // everything but the newest group (k-tile kt+1) has landed
+#endif
+#ifndef INT8KERN_PLANT_MISSING_SYNCTHREADS  // test plant for tests/test_emu_selftest.py; never defined in a normal build
         __syncthreads();     // ... for every thread's copies and plain stores
+#endif
         compute_stage<Cfg>(sa[cur], sb[cur], acc, warp_m, warp_n, lane);
         __syncthreads();  // stage `cur` is overwritten by the prefetch of the next iteration
       }

@@ -339,7 +339,11 @@ __global__ void __launch_bounds__(WgmmaTile::kThreads, 1)
         const int32_t m0 = static_cast<int32_t>((tile % tiles_m) * T::BM);
         const int32_t n0 = static_cast<int32_t>((tile / tiles_m) * T::BN);
         for (int kt = 0; kt < ktiles; ++kt) {
+#ifdef INT8KERN_PLANT_WRONG_MBARRIER_PARITY_EMPTY  // test plant for tests/test_emu_selftest.py; never defined in a normal build
+          mbar_wait(empty_bar + 8 * stage, phase);
+#else
           mbar_wait(empty_bar + 8 * stage, phase ^ 1u);
+#endif
           const uint32_t fb = full_bar + 8 * stage;
           mbar_arrive_expect_tx(fb, T::kStageBytes);
           const uint32_t sa = sbase + stage * T::kStageBytes;
@@ -376,7 +380,11 @@ __global__ void __launch_bounds__(WgmmaTile::kThreads, 1)
 
       int prev_stage = 0;
       for (int kt = 0; kt < ktiles; ++kt) {
+#ifdef INT8KERN_PLANT_WRONG_MBARRIER_PARITY_FULL  // test plant for tests/test_emu_selftest.py; never defined in a normal build
+        mbar_wait(full_bar + 8 * stage, phase ^ 1u);
+#else
         mbar_wait(full_bar + 8 * stage, phase);
+#endif
         const uint32_t sa = sbase + stage * T::kStageBytes + c * (64 * T::BK);
         const uint32_t sb = sbase + stage * T::kStageBytes + T::kABytes;
         const uint64_t da = make_desc_sw128(sa), db = make_desc_sw128(sb);

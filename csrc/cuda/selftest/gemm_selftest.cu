@@ -759,35 +759,54 @@ static void test_outliers(DType d, int64_t M, int64_t N, int64_t K, int64_t n_ou
 // `selftest --small`: one or two cases of every kernel and path (wgmma included, with more
 // tiles than SMs for its persistent loop), sized for compute-sanitizer, whose memcheck,
 // racecheck, synccheck and initcheck run each launch 10-100x slower.
-static int run_small(bool sm90) {
-  const int64_t shapes[][3] = {{3, 5, 7}, {17, 9, 33}, {129, 130, 131}, {200, 300, 1000}};
-  for (const auto& s : shapes) {
-    const int64_t M = s[0], N = s[1], K = s[2], k16 = (K + 15) / 16 * 16;
-    test_gemm_int32(M, N, K, K, K, N, 0, 0, 0);
-    test_gemm_int32(M, N, K, k16 + 16, k16 + 32, N + 5, 0, 0, 0);
-    test_gemm_int32(M, N, K, K + 3, K + 1, N, 1, 3, 0);
+// `selftest --small --only GROUP` runs one group of them (gemm: the plain tiled mma.sync GEMM;
+// decode: the split-K decode/mid GEMMs, whose outputs are allocated at their exact size;
+// wgmma; dequant; quantize; outliers): the emulator's planted-bug tests
+// (tests/test_emu_selftest.py) run only the group their bug is in.
+static const char* const kSmallGroups[] = {"gemm", "decode", "wgmma", "dequant", "quantize", "outliers"};
+
+static int run_small(bool sm90, const char* only) {
+  const auto want = [only](const char* group) { return only == nullptr || std::strcmp(only, group) == 0; };
+  if (want("gemm")) {
+    const int64_t shapes[][3] = {{3, 5, 7}, {17, 9, 33}, {129, 130, 131}, {200, 300, 1000}};
+    for (const auto& s : shapes) {
+      const int64_t M = s[0], N = s[1], K = s[2], k16 = (K + 15) / 16 * 16;
+      test_gemm_int32(M, N, K, K, K, N, 0, 0, 0);
+      test_gemm_int32(M, N, K, k16 + 16, k16 + 32, N + 5, 0, 0, 0);
+      test_gemm_int32(M, N, K, K + 3, K + 1, N, 1, 3, 0);
+    }
+    test_gemm_int32(1600, 1600, 64, 64, 64, 1600, 0, 0, 0);  // 128x128 tiles
   }
-  test_gemm_int32(1600, 1600, 64, 64, 64, 1600, 0, 0, 0);  // 128x128 tiles
-  for (int64_t M : {1, 16})
-    for (bool aligned : {true, false}) test_decode_int32(M, 200, 5137, aligned, true);  // split-K
-  test_decode_int32(100, 1000, 5137, true, true);  // mid split-K
-  test_wgmma_routing(sm90);
-  if (sm90) {
-    test_wgmma_int32(131, 67, 272, 288, 320, 72, 0);
-    test_wgmma_int32(300, 257, 1040, 1040, 1040, 257, 1);
-    for (DType od : {DType::Float32, DType::Float16, DType::BFloat16})
-      test_wgmma_dequant(131, 133, 1040, od, true, 2);
-    test_wgmma_dequant(1500, 1500, 48, DType::BFloat16, true, 1);  // more tiles than SMs
-    test_wgmma_refusals();
+  if (want("decode")) {
+    for (int64_t M : {1, 16})
+      for (bool aligned : {true, false}) test_decode_int32(M, 200, 5137, aligned, true);  // split-K
+    test_decode_int32(100, 1000, 5137, true, true);  // mid split-K
   }
-  test_dequant(3, 500, 5137, DType::Float16, true, 2, true);
-  test_dequant(37, 45, 100, DType::BFloat16, true, 1);
-  for (DType d : {DType::Float32, DType::Float16, DType::BFloat16}) {
-    test_quantize(d, 37, 67, 67, 0, 6.0f);
-    test_quantize(d, 9, 40000, 40000, 0, 6.0f);
+  if (want("wgmma")) {
+    test_wgmma_routing(sm90);
+    if (sm90) {
+      test_wgmma_int32(131, 67, 272, 288, 320, 72, 0);
+      test_wgmma_int32(300, 257, 1040, 1040, 1040, 257, 1);
+      for (DType od : {DType::Float32, DType::Float16, DType::BFloat16})
+        test_wgmma_dequant(131, 133, 1040, od, true, 2);
+      test_wgmma_dequant(1500, 1500, 48, DType::BFloat16, true, 1);  // more tiles than SMs
+      test_wgmma_refusals();
+    }
   }
-  test_outliers(DType::Float16, 37, 45, 300, 5, 1);
-  test_outliers(DType::BFloat16, 70, 130, 300, int8kern::kOutlierCapacity + 1, 0);
+  if (want("dequant")) {
+    test_dequant(3, 500, 5137, DType::Float16, true, 2, true);
+    test_dequant(37, 45, 100, DType::BFloat16, true, 1);
+  }
+  if (want("quantize")) {
+    for (DType d : {DType::Float32, DType::Float16, DType::BFloat16}) {
+      test_quantize(d, 37, 67, 67, 0, 6.0f);
+      test_quantize(d, 9, 40000, 40000, 0, 6.0f);
+    }
+  }
+  if (want("outliers")) {
+    test_outliers(DType::Float16, 37, 45, 300, 5, 1);
+    test_outliers(DType::BFloat16, 70, 130, 300, int8kern::kOutlierCapacity + 1, 0);
+  }
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
   return g_failures ? 1 : 0;
 }
@@ -808,7 +827,22 @@ int main(int argc, char** argv) {
   // Fewer would make launch_int8_gemm_wgmma refuse (kRegisterShortfall) instead of hanging;
   // on an sm_90 device the build is expected to give exactly what the hand-off needs.
   if (sm90) report(wgmma_kernel_registers() >= wgmma_registers_needed(), "wgmma kernel has its hand-off registers");
-  if (argc > 1 && std::strcmp(argv[1], "--small") == 0) return run_small(sm90);
+  if (argc > 1 && std::strcmp(argv[1], "--small") == 0) {
+    const char* only = nullptr;
+    if (argc == 4 && std::strcmp(argv[2], "--only") == 0) {
+      only = argv[3];
+      bool known = false;
+      for (const char* g : kSmallGroups) known |= std::strcmp(g, only) == 0;
+      if (!known) {
+        std::fprintf(stderr, "selftest: unknown group %s (gemm, decode, wgmma, dequant, quantize, outliers)\n", only);
+        return 2;
+      }
+    } else if (argc != 2) {
+      std::fprintf(stderr, "usage: selftest [--small [--only GROUP]]\n");
+      return 2;
+    }
+    return run_small(sm90, only);
+  }
 
   // GEMM int32: odd shapes, both tile configs (>= 132 big tiles selects 128x128), aligned
   // (cp.async) and unaligned (byte) paths, K tails, padded output rows.
