@@ -37,7 +37,8 @@ DEVICES = ("h200", "a100")
 
 # emu_stats()'s order (csrc/emu/ops_emu.cpp).
 _STAT_NAMES = ("launches", "blocks", "memsets", "allocations", "memcpys", "library_calls", "host_syncs",
-               "cp_async_16", "mma_sync", "wgmma", "tma_loads", "ldmatrix_requests", "ldmatrix_wavefronts")
+               "cp_async_16", "mma_sync", "wgmma", "tma_loads", "ldmatrix_requests", "ldmatrix_wavefronts",
+               "cp_async_requests", "cp_async_wavefronts", "cp_async_sectors")
 
 
 def available() -> bool:

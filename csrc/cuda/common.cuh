@@ -79,6 +79,17 @@ INT8KERN_D uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// A flag that several threads may set at once, all to the same value: a relaxed store, so that
+// the concurrent stores are not a data race (a plain store would be one, which ThreadSanitizer
+// reports under the emulator).
+INT8KERN_D void set_flag_relaxed(uint8_t* p) {
+#ifdef INT8KERN_EMU
+  __atomic_store_n(p, static_cast<uint8_t>(1), __ATOMIC_RELAXED);
+#else
+  asm volatile("st.relaxed.gpu.u8 [%0], %1;\n" ::"l"(p), "r"(1u) : "memory");
+#endif
+}
+
 // Largest grid.x we ever launch; kernels that may need more blocks use grid-stride loops.
 constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 

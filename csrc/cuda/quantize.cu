@@ -59,7 +59,7 @@ INT8KERN_D void observe(float v, int64_t col, bool use_threshold, uint32_t thres
                         uint8_t* outlier_mask, uint32_t& amax_bits) {
   const uint32_t a = abs_bits(v);
   if (use_threshold && is_outlier_bits(a, threshold_bits)) {
-    if (outlier_mask != nullptr) outlier_mask[col] = 1;  // benign race: everyone stores 1
+    if (outlier_mask != nullptr) set_flag_relaxed(outlier_mask + col);  // many threads may set it
   } else {
     amax_bits = umax(amax_bits, a);
   }

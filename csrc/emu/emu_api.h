@@ -24,6 +24,9 @@ struct Stats {
   uint64_t tma_loads = 0;
   uint64_t ldmatrix_requests = 0;    // one per 8-row matrix of an ldmatrix
   uint64_t ldmatrix_wavefronts = 0;  // shared-memory wavefronts they took (1 each: conflict-free)
+  uint64_t cp_async_requests = 0;    // warp-wide cp.async 16-byte requests
+  uint64_t cp_async_wavefronts = 0;  // their shared-memory store wavefronts (4 each: conflict-free)
+  uint64_t cp_async_sectors = 0;     // global 32-byte sectors they read (16 each when coalesced)
 };
 
 Stats stats();

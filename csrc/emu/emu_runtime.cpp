@@ -89,12 +89,27 @@ int8kern_emu_switch:
 // then ignores it (allocations and memsets included, which it would otherwise see through its
 // interceptors even in this uninstrumented file). The accesses an instruction makes for its
 // thread, and the synchronisation it implies, are reported explicitly below, outside the ignore.
+int* ignore_depth();  // of the running fiber, or of the scheduler
 struct EmulatorScope {
 #if defined(INT8KERN_EMU_TSAN)
-  EmulatorScope() { __tsan_ignore_thread_begin(); }
-  ~EmulatorScope() { __tsan_ignore_thread_end(); }
+  EmulatorScope() {
+    __tsan_ignore_thread_begin();
+    ++*ignore_depth();
+  }
+  ~EmulatorScope() {
+    --*ignore_depth();
+    __tsan_ignore_thread_end();
+  }
 #endif
 };
+// Before a fiber leaves for good (it exited, or faulted inside an entry point): its
+// ThreadSanitizer fiber is reused by the next block's thread in the same slot, which must not
+// start inside an ignore.
+void end_all_ignores() {
+#if defined(INT8KERN_EMU_TSAN)
+  for (int* d = ignore_depth(); *d > 0; --*d) __tsan_ignore_thread_end();
+#endif
+}
 inline void tsan_read(const void* p, size_t n) {
 #if defined(INT8KERN_EMU_TSAN)
   __tsan_ignore_thread_end();
@@ -179,7 +194,9 @@ struct ThreadState {
   const char* wait_file = nullptr;
   int wait_line = 0;
   std::vector<CpAsyncCopy> cp_open;                 // issued, not yet committed
+  uint64_t cp_issued = 0;                           // this thread's cp.async count (requests)
   std::deque<std::vector<CpAsyncCopy>> cp_groups;   // committed, not yet landed
+  int ignore_depth = 0;                             // EmulatorScopes open in this fiber
   void* tsan_fiber = nullptr;
   void* asan_fake_stack = nullptr;
 };
@@ -195,8 +212,18 @@ struct Collective {
   uint32_t mask = 0;
 };
 
+// A warp's n-th cp.async of the block, gathered lane by lane (each lane's n-th call is taken as
+// the same instruction: the main loops issue theirs convergently), for the bank-conflict and
+// sector counts of that request.
+struct CpAsyncRequest {
+  uint32_t smem[32];
+  uintptr_t global[32];
+  int count = 0;
+};
+
 struct WarpState {
   Collective coll;
+  std::unordered_map<uint64_t, CpAsyncRequest> cp_requests;
   uint32_t in[32][10];
   uint32_t out[32][4];
   uint32_t arg[32];
@@ -277,6 +304,10 @@ std::unordered_map<const void*, int> g_max_dynamic_smem;
 int g_device_kind = -1;
 
 alignas(4096) uint8_t g_dynamic_smem[kMaxDynamicSmem + 1024];
+int g_scheduler_ignore_depth = 0;
+[[maybe_unused]] std::vector<void*> g_tsan_fibers;  // per thread slot, reused (prepare_fiber)
+
+int* ignore_depth() { return g_thread != nullptr ? &g_thread->ignore_depth : &g_scheduler_ignore_depth; }
 
 const DeviceKind& device_kind() {
   if (g_device_kind < 0) {
@@ -369,7 +400,6 @@ void switch_to_scheduler(bool finished) {
 #if defined(INT8KERN_EMU_TSAN)
   __tsan_release(&g_launch_sync);
 #endif
-  EmulatorScope scope;
   ThreadState* t = g_thread;
   t->done = true;
   ++g_block->exited;
@@ -390,11 +420,10 @@ void prepare_fiber(ThreadState* t) {
 #if defined(INT8KERN_EMU_TSAN)
   // One ThreadSanitizer fiber per stack slot, kept across blocks and launches (creating one is
   // costly, and blocks run one after another, fully ordered by the launch's release/acquire).
-  static std::vector<void*> fibers;
   const size_t slot = static_cast<size_t>(t->linear);
-  if (slot >= fibers.size()) fibers.resize(slot + 1, nullptr);
-  if (fibers[slot] == nullptr) fibers[slot] = __tsan_create_fiber(0);
-  t->tsan_fiber = fibers[slot];
+  if (slot >= g_tsan_fibers.size()) g_tsan_fibers.resize(slot + 1, nullptr);
+  if (g_tsan_fibers[slot] == nullptr) g_tsan_fibers[slot] = __tsan_create_fiber(0);
+  t->tsan_fiber = g_tsan_fibers[slot];
 #endif
 }
 
@@ -505,7 +534,10 @@ bool run_block(const uint3& block_idx, int nthreads) {
     t.stack = stack_of(static_cast<size_t>(i));
     prepare_fiber(&t);
   }
-  for (auto& w : blk.warps) w.coll = Collective();
+  for (auto& w : blk.warps) {
+    w.coll = Collective();
+    w.cp_requests.clear();
+  }
   for (auto& wg : blk.warpgroups) {
     wg.coll = Collective();
     wg.regs = kEmuRegsPerThread;
@@ -542,6 +574,12 @@ bool run_block(const uint3& block_idx, int nthreads) {
       break;
     }
   }
+#if defined(INT8KERN_EMU_TSAN)
+  // Threads abandoned mid-instruction may sit inside an ignore: their slots get fresh fibers.
+  if (!ok)
+    for (auto& t : blk.threads)
+      if (!t.done) g_tsan_fibers[static_cast<size_t>(t.linear)] = nullptr;
+#endif
   return ok;
 }
 
@@ -551,7 +589,10 @@ bool run_block(const uint3& block_idx, int nthreads) {
 // Faults.
 // ---------------------------------------------------------------------------------------------
 void fault(const char* file, int line, const char* fmt, ...) {
-  EmulatorScope scope;
+  end_all_ignores();  // this fiber never runs again (see end_all_ignores)
+#if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_begin();  // for the report's allocations; ended below
+#endif
   char buf[1024];
   va_list ap;
   va_start(ap, fmt);
@@ -565,6 +606,9 @@ void fault(const char* file, int line, const char* fmt, ...) {
   }
   g_fault_message = where() + ": " + buf + site;
   g_faulted = true;
+#if defined(INT8KERN_EMU_TSAN)
+  __tsan_ignore_thread_end();
+#endif
   switch_to_scheduler(true);
   __builtin_unreachable();
 }
@@ -660,6 +704,50 @@ void* dynamic_smem() { return g_dynamic_smem; }
 // latest point the PTX rules allow); until then the destination reads as poison, and an ldmatrix
 // of it is reported.
 // ---------------------------------------------------------------------------------------------
+namespace {
+// Shared-memory wavefronts of one request of 16-byte accesses by `n` lanes: processed 8 lanes
+// (128 bytes) at a time; within each group a bank (4 bytes of 32) serving k distinct words costs k.
+int64_t wavefronts_16b(const uint32_t* addr, int n) {
+  int64_t total = 0;
+  for (int g = 0; g < n; g += 8) {
+    int words_per_bank[32] = {0};
+    uint32_t seen[32][8];
+    for (int i = g; i < std::min(n, g + 8); ++i)
+      for (int word = 0; word < 4; ++word) {
+        const uint32_t wa = (addr[i] >> 2) + word;
+        const int bank = static_cast<int>(wa & 31u);
+        bool dup = false;
+        for (int k = 0; k < words_per_bank[bank]; ++k) dup |= seen[bank][k] == wa;
+        if (!dup && words_per_bank[bank] < 8) seen[bank][words_per_bank[bank]++] = wa;
+      }
+    total += *std::max_element(words_per_bank, words_per_bank + 32);
+  }
+  return total;
+}
+
+void record_cp_async(ThreadState& t, uint32_t dst, const void* src) {
+  WarpState& w = g_block->warps[t.warp];
+  CpAsyncRequest& r = w.cp_requests[t.cp_issued++];
+  r.smem[t.lane] = dst;
+  r.global[t.lane] = reinterpret_cast<uintptr_t>(src);
+  if (++r.count < lanes_in_warp(t.warp)) return;
+  const int n = r.count;
+  ++g_stats.cp_async_requests;
+  g_stats.cp_async_wavefronts += wavefronts_16b(r.smem, n);
+  // Global memory sectors (32 bytes) the request touches.
+  uintptr_t sectors[64];
+  int ns = 0;
+  for (int i = 0; i < n; ++i)
+    for (uintptr_t s = r.global[i] / 32; s <= (r.global[i] + 15) / 32; ++s) {
+      bool dup = false;
+      for (int k = 0; k < ns; ++k) dup |= sectors[k] == s;
+      if (!dup) sectors[ns++] = s;
+    }
+  g_stats.cp_async_sectors += ns;
+  w.cp_requests.erase(t.cp_issued - 1);
+}
+}  // namespace
+
 void cp_async_16(uint32_t dst, const void* src, const char* file, int line) {
   EmulatorScope scope;
   auto* d = static_cast<uint8_t*>(smem_pointer(dst, 16, file, line));
@@ -671,6 +759,7 @@ void cp_async_16(uint32_t dst, const void* src, const char* file, int line) {
   t.cp_open.push_back({d, static_cast<const uint8_t*>(src)});
   g_block->cp_pending[reinterpret_cast<uintptr_t>(d)] = t.linear;
   ++g_stats.cp_async_16;
+  record_cp_async(t, dst, src);
 }
 
 void cp_async_commit(const char* file, int line) {
@@ -888,7 +977,9 @@ void mbar_wait(uint32_t bar, uint32_t parity, const char* file, int line) {
     // The phase of parity `parity` has completed once the current phase has the other parity.
     if ((m.phase & 1u) != (parity & 1u)) break;
     if (m.pending == 0 && !m.tma.empty()) {
-      // Every arrival is in: the transfers complete now, the latest point they can.
+      // Every arrival is in: the transfers complete now, the latest point they can, after
+      // everything the arrivals released (the producer issued them after its own waits).
+      tsan_acquire(&m);
       std::vector<PendingTma> land;
       land.swap(m.tma);
       for (const auto& p : land) m.tx -= land_tma(p);
@@ -1023,6 +1114,9 @@ void complete_wgmma(WarpgroupState& wg, WgmmaOp& op, const char* file, int line)
     for (int r = 0; r < rows; ++r)
       for (int k = 0; k < 32; ++k) {
         const uint32_t addr = layout::wgmma_kmajor_sw128_address(desc, r, k);
+        if (addr == layout::kNoAddress)
+          fault(file, line, "wgmma descriptor 0x%016llx: a layout the emulator does not model (128B swizzle, base offset 0 only)",
+                static_cast<unsigned long long>(desc));
         if (addr >= kMaxDynamicSmem) fault(file, line, "wgmma operand address 0x%x outside shared memory", addr);
         const uint8_t* p = g_dynamic_smem + addr;
         tsan_read(p, 1);
@@ -1048,7 +1142,11 @@ void complete_wgmma(WarpgroupState& wg, WgmmaOp& op, const char* file, int line)
 void wgmma_wait(int n, const char* file, int line) {
   EmulatorScope scope;
   WarpgroupState& wg = warpgroup_of_current("wgmma.wait_group", file, line);
+  // The operations completed here (their shared-memory reads, done by the completing thread)
+  // happen before any thread of the warpgroup goes on: a release by it, an acquire by each.
+  tsan_release(&wg.coll);
   rendezvous(wg.coll, 128, 0xffffffffu, "wgmma.wait_group", file, line, [&] {
+    tsan_acquire(&wg.coll);
     while (static_cast<int>(wg.groups.size()) > n) {
       std::vector<WgmmaOp> group = std::move(wg.groups.front());
       wg.groups.pop_front();
@@ -1066,7 +1164,9 @@ void wgmma_wait(int n, const char* file, int line) {
         wg.running.erase(it);
       }
     }
+    tsan_release(&wg.coll);
   });
+  tsan_acquire(&wg.coll);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ std::vector<int64_t> emu_stats() {
           static_cast<int64_t>(s.host_syncs),        static_cast<int64_t>(s.cp_async_16),
           static_cast<int64_t>(s.mma_sync),          static_cast<int64_t>(s.wgmma),
           static_cast<int64_t>(s.tma_loads),         static_cast<int64_t>(s.ldmatrix_requests),
-          static_cast<int64_t>(s.ldmatrix_wavefronts)};
+          static_cast<int64_t>(s.ldmatrix_wavefronts),   static_cast<int64_t>(s.cp_async_requests),
+          static_cast<int64_t>(s.cp_async_wavefronts),   static_cast<int64_t>(s.cp_async_sectors)};
 }
 void emu_reset_stats() { int8kern::emu::reset_stats(); }
 bool emu_set_device(std::string kind) { return int8kern::emu::set_device_kind(kind.c_str()); }
