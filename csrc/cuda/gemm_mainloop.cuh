@@ -16,15 +16,39 @@ namespace cuda {
 //   * zero (row past rows_total or chunk entirely past K).
 // Never reads out of bounds. Ordering: the caller's cp.async.wait_group + __syncthreads makes
 // both kinds of writes visible before any warp reads the stage.
+//
+// Which thread copies which chunk: shared memory serves a warp's 16-byte stores 8 lanes (128
+// bytes) at a time, so each 8-lane phase must hit 8 different 16-byte bank groups, and the warp
+// as a whole should read whole 32-byte sectors of global memory. With 8 chunks a row (BK = 128,
+// 144-byte rows) a phase is one row's 8 consecutive chunks. With 4 (BK = 64, 80-byte rows) two
+// consecutive rows would collide (row r + 1's last chunk lands on row r's first bank group:
+// 80 = 5 groups), so a warp takes 8 rows x 4 chunks with phase q storing chunk q of the 8 rows
+// (groups 5r + q mod 8, all different: the same pattern ldmatrix reads); the warp still reads
+// each row's 64 contiguous bytes. The CUDA emulator counts the wavefronts
+// (tests/test_emu_profile.py: 4 per warp request, conflict-free).
+template <class Cfg>
+INT8KERN_D void chunk_of(int c, int& r, int& kc) {
+  if constexpr (Cfg::kChunksPerRow == 4) {
+    const int lane = c % 32;
+    r = (c / 32) * 8 + lane % 8;
+    kc = (lane / 8) * 16;
+  } else {
+    static_assert(Cfg::kChunksPerRow == 8, "copy layouts for BK = 64 and BK = 128");
+    r = c / Cfg::kChunksPerRow;
+    kc = (c % Cfg::kChunksPerRow) * 16;
+  }
+}
+
 template <class Cfg, int ROWS, bool kAligned>
 INT8KERN_D void load_tile(int8_t* stage, const int8_t* __restrict__ g, int64_t ld,
                           int64_t rows_total, int64_t K, int64_t row0, int64_t k0, int tid) {
   constexpr int kChunks = ROWS * Cfg::kChunksPerRow;
+  static_assert(Cfg::kChunksPerRow != 4 || ROWS % 8 == 0, "8-row copy groups");
 #pragma unroll
   for (int it = 0; it < kChunks / Cfg::kThreads; ++it) {
     const int c = tid + it * Cfg::kThreads;
-    const int r = c / Cfg::kChunksPerRow;
-    const int kc = (c % Cfg::kChunksPerRow) * 16;
+    int r, kc;
+    chunk_of<Cfg>(c, r, kc);
     int8_t* dst = stage + r * Cfg::kStride + kc;
     const int64_t gr = row0 + r;
     const int64_t gk = k0 + kc;

@@ -28,8 +28,9 @@ struct TileConfig {
   static constexpr int NI = WN / 8;   // n8 fragments per warp
   // Shared row stride in bytes: BK data + 16 pad. For BK = 64, 80 B = 20 banks, so the 8
   // 16-byte rows one ldmatrix phase reads start at banks 0, 20, 8, 28, 16, 4, 24, 12; for
-  // BK = 128, 144 B = 36 banks: 0, 4, 8, ..., 28. Conflict free either way. It is a multiple
-  // of 16, as cp.async 16 and ldmatrix need.
+  // BK = 128, 144 B = 36 banks: 0, 4, 8, ..., 28. Conflict free either way (and the cp.async
+  // stores too, with load_tile's chunk order). It is a multiple of 16, as cp.async 16 and
+  // ldmatrix need.
   static constexpr int kStride = BK + 16;
   static constexpr int kChunksPerRow = BK / 16;  // 16-byte chunks per tile row
   // Shared-memory stages: int8_gemm_kernel double-buffers (2); int8_gemm_splitk_kernel runs a
