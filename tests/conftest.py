@@ -78,6 +78,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _backend_restored():
+    """Every test leaves int8kern's ops on their own backend: a test that left the emulated
+    backend selected would send every later test through the emulator."""
+    yield
+    from int8kern import ops
+
+    if ops._ops is not torch.ops.int8kern:
+        ops._ops = torch.ops.int8kern
+        pytest.fail("int8kern.ops._ops was left pointing at another backend")
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     if request.param != "cuda_emu":

@@ -60,11 +60,16 @@ class _EagerAndFake:
 
 
 @pytest.fixture(autouse=True)
-def eager_and_fake(monkeypatch, request, device):
-    # after `device`, which selects the backend (int8kern.ops._ops) this checker then wraps
+def eager_and_fake(request, device):
+    # After `device`, which selects the backend (int8kern.ops._ops) this checker then wraps, and
+    # put back before `device` restores its own (not monkeypatch: it would undo last, after
+    # `device`, and leave the emulated backend selected for every later test).
     checker = _EagerAndFake(ops._ops)
-    monkeypatch.setattr(ops, "_ops", checker)
-    yield
+    backend, ops._ops = ops._ops, checker
+    try:
+        yield
+    finally:
+        ops._ops = backend
     assert checker.calls > 0, f"{request.node.name} called no int8kern op: nothing was compared"
     if "bad_input" in request.node.name:
         assert checker.errors > 0, f"{request.node.name} raised no error through an op: nothing was compared"
