@@ -44,6 +44,15 @@ eval: install
 bench-shared-cpu: install
 	$(PY) benchmarks/bench_shared_cpu.py --json benchmarks/results/shared-cpu.json
 
+# The CUDA kernels on this CPU, under the warp-level emulator (issue 17, csrc/emu/README.md): the
+# self-test in full with the mma.sync and the wgmma GEMM, --small under ASan+UBSan and under TSan,
+# the planted bugs each caught (tests/test_emu_selftest.py), the emulator's lane layouts against
+# CuTe (tests/test_emu_layouts.py).
+# TODO(lead): add the emulated backend's op tests (tests/test_ops.py etc., -k emu) to this line.
+.PHONY: cuda-emu
+cuda-emu: install
+	$(PY) -m pytest -q tests/test_emu_selftest.py tests/test_emu_layouts.py
+
 # On a GPU machine (the runbook, scripts/gpu_check.sh): self-test, every CUDA test with both GEMM
 # main loops, compute-sanitizer (memcheck, racecheck, synccheck, initcheck), short timings.
 gpu-check:
