@@ -67,6 +67,16 @@ INT8KERN_HD bool is_aligned(const void* p, uintptr_t bytes) {
 #define INT8KERN_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #endif
 
+// Under the emulator each PTX wrapper also takes its caller's file and line, so that a fault or
+// deadlock report names the call site (which mbarrier wait, which ldmatrix), not the wrapper.
+#ifdef INT8KERN_EMU
+#define INT8KERN_CALL_SITE , const char* file = __builtin_FILE(), int line = __builtin_LINE()
+#define INT8KERN_CALL_SITE_ONLY const char* file = __builtin_FILE(), int line = __builtin_LINE()
+#else
+#define INT8KERN_CALL_SITE
+#define INT8KERN_CALL_SITE_ONLY
+#endif
+
 // `extern __shared__ __align__(align) type name[]` (dynamic shared memory).
 #ifdef INT8KERN_EMU
 #define INT8KERN_DYNAMIC_SHARED(type, name, align) type* name = static_cast<type*>(::int8kern::emu::dynamic_smem())
@@ -191,6 +201,22 @@ INT8KERN_D __half from_float<__half>(float v) {
 template <>
 INT8KERN_D __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
+}
+
+// float64 -> T, rounded once (nearest even).
+template <typename T>
+INT8KERN_D T from_double(double v);
+template <>
+INT8KERN_D float from_double<float>(double v) {
+  return static_cast<float>(v);
+}
+template <>
+INT8KERN_D __half from_double<__half>(double v) {
+  return __double2half(v);
+}
+template <>
+INT8KERN_D __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
+  return __double2bfloat16(v);
 }
 
 // p[idx] of runtime dtype d, as float (exact: every f16/bf16 value is a float32 value).

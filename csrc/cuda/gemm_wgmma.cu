@@ -123,9 +123,9 @@ struct WgmmaAccLayout {
 // ----------------------------------------------------------------------------------------
 // PTX wrappers (sm_90a only).
 // ----------------------------------------------------------------------------------------
-INT8KERN_D void mbar_init(uint32_t bar, uint32_t count) {
+INT8KERN_D void mbar_init(uint32_t bar, uint32_t count INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::mbar_init(bar, count, __FILE__, __LINE__);
+  ::int8kern::emu::mbar_init(bar, count, file, line);
 #else
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 #endif
@@ -138,16 +138,16 @@ INT8KERN_D void fence_mbar_init() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
 }
-INT8KERN_D void mbar_arrive(uint32_t bar) {
+INT8KERN_D void mbar_arrive(uint32_t bar INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::mbar_arrive(bar, 0, __FILE__, __LINE__);
+  ::int8kern::emu::mbar_arrive(bar, 0, file, line);
 #else
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 #endif
 }
-INT8KERN_D void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+INT8KERN_D void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::mbar_arrive(bar, bytes, __FILE__, __LINE__);
+  ::int8kern::emu::mbar_arrive(bar, bytes, file, line);
 #else
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
@@ -155,9 +155,9 @@ INT8KERN_D void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
 }
 // Spins until the phase of parity `parity` has completed (try_wait suspends for a
 // system-dependent time between polls, so the loop is not a hot spin).
-INT8KERN_D void mbar_wait(uint32_t bar, uint32_t parity) {
+INT8KERN_D void mbar_wait(uint32_t bar, uint32_t parity INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::mbar_wait(bar, parity, __FILE__, __LINE__);
+  ::int8kern::emu::mbar_wait(bar, parity, file, line);
 #else
   asm volatile(
       "{\n"
@@ -181,9 +181,9 @@ INT8KERN_D void prefetch_tmap(const CUtensorMap* m) {
 // 2-D TMA box load: box origin (x = k element, y = row), completing on mbarrier `bar`.
 // Out-of-bounds parts of the box are zero-filled, and still count towards complete_tx.
 INT8KERN_D void tma_load_2d(uint32_t dst, const CUtensorMap* m, int32_t x, int32_t y,
-                            uint32_t bar) {
+                            uint32_t bar INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::tma_load_2d(dst, m, x, y, bar, __FILE__, __LINE__);
+  ::int8kern::emu::tma_load_2d(dst, m, x, y, bar, file, line);
 #else
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
@@ -194,25 +194,25 @@ INT8KERN_D void tma_load_2d(uint32_t dst, const CUtensorMap* m, int32_t x, int32
 }
 
 template <int kRegs>
-INT8KERN_D void setmaxnreg_inc() {
+INT8KERN_D void setmaxnreg_inc(INT8KERN_CALL_SITE_ONLY) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::setmaxnreg(true, kRegs, __FILE__, __LINE__);
+  ::int8kern::emu::setmaxnreg(true, kRegs, file, line);
 #else
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 #endif
 }
 template <int kRegs>
-INT8KERN_D void setmaxnreg_dec() {
+INT8KERN_D void setmaxnreg_dec(INT8KERN_CALL_SITE_ONLY) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::setmaxnreg(false, kRegs, __FILE__, __LINE__);
+  ::int8kern::emu::setmaxnreg(false, kRegs, file, line);
 #else
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 #endif
 }
 
-INT8KERN_D void named_barrier_sync(int id, int threads) {
+INT8KERN_D void named_barrier_sync(int id, int threads INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::bar_sync(id, threads, __FILE__, __LINE__);
+  ::int8kern::emu::bar_sync(id, threads, file, line);
 #else
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 #endif
@@ -225,24 +225,24 @@ INT8KERN_D uint64_t make_desc_sw128(uint32_t addr) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
-INT8KERN_D void wgmma_fence() {
+INT8KERN_D void wgmma_fence(INT8KERN_CALL_SITE_ONLY) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::wgmma_fence(__FILE__, __LINE__);
+  ::int8kern::emu::wgmma_fence(file, line);
 #else
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
-INT8KERN_D void wgmma_commit() {
+INT8KERN_D void wgmma_commit(INT8KERN_CALL_SITE_ONLY) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::wgmma_commit(__FILE__, __LINE__);
+  ::int8kern::emu::wgmma_commit(file, line);
 #else
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
 template <int N>
-INT8KERN_D void wgmma_wait() {
+INT8KERN_D void wgmma_wait(INT8KERN_CALL_SITE_ONLY) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::wgmma_wait(N, __FILE__, __LINE__);
+  ::int8kern::emu::wgmma_wait(N, file, line);
 #else
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
@@ -263,9 +263,9 @@ INT8KERN_D void fence_acc(int32_t (&d)[WgmmaTile::kAcc]) {
 // d (64 x 128, s32) += A (64 x 32, s8, K-major smem) * B (32 x 128, s8, K-major smem).
 // scale-d = 1 always: the accumulators are zeroed in registers at the start of each tile.
 INT8KERN_D void wgmma_m64n128k32_s8(int32_t (&d)[WgmmaTile::kAcc], uint64_t desc_a,
-                                    uint64_t desc_b) {
+                                    uint64_t desc_b INT8KERN_CALL_SITE) {
 #ifdef INT8KERN_EMU
-  ::int8kern::emu::wgmma_m64nNk32_s8(d, 128, desc_a, desc_b, __FILE__, __LINE__);
+  ::int8kern::emu::wgmma_m64nNk32_s8(d, 128, desc_a, desc_b, file, line);
 #else
   asm volatile(
       "{\n"

@@ -77,7 +77,7 @@ void launch_gather_outliers(const OutlierParams& p, cudaStream_t stream);
 
 // When n = *n_cols > CAP (it returns at once otherwise):
 //   add[m, j] = T(sum_{c < n} float(x[m, cols[c]]) * float(w_deq[j, cols[c]]))
-// with w_deq as in w_out above, the sum in float32 in ascending c: the whole outlier product,
+// with w_deq as in w_out above, the sum in float64 in ascending c (exact products): the whole outlier product,
 // rounded once, overwriting the truncated cuBLAS product (which must precede it on the stream).
 // max_blocks bounds the grid (a small multiple of the SM count): with n <= CAP, the common
 // case, the launch is that many blocks that each read one int and exit.

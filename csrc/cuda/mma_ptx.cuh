@@ -33,9 +33,9 @@ namespace cuda {
 // ----------------------------------------------------------------------------------------
 // 16-byte global -> shared copy, L1 bypass. Caller guarantees 16B alignment of both and that
 // all 16 source bytes are in bounds.
-INT8KERN_D void cp_async_16(uint32_t dst, const void* src) {
+INT8KERN_D void cp_async_16(uint32_t dst, const void* src INT8KERN_CALL_SITE) {
 #if defined(INT8KERN_EMU)
-  ::int8kern::emu::cp_async_16(dst, src, __FILE__, __LINE__);
+  ::int8kern::emu::cp_async_16(dst, src, file, line);
 #elif !defined(INT8KERN_NO_MMA)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst),
                "l"(__cvta_generic_to_global(src))
@@ -44,26 +44,26 @@ INT8KERN_D void cp_async_16(uint32_t dst, const void* src) {
   __trap();
 #endif
 }
-INT8KERN_D void cp_async_commit() {
+INT8KERN_D void cp_async_commit(INT8KERN_CALL_SITE_ONLY) {
 #if defined(INT8KERN_EMU)
-  ::int8kern::emu::cp_async_commit(__FILE__, __LINE__);
+  ::int8kern::emu::cp_async_commit(file, line);
 #elif !defined(INT8KERN_NO_MMA)
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
-INT8KERN_D void cp_async_wait() {
+INT8KERN_D void cp_async_wait(INT8KERN_CALL_SITE_ONLY) {
 #if defined(INT8KERN_EMU)
-  ::int8kern::emu::cp_async_wait(N, __FILE__, __LINE__);
+  ::int8kern::emu::cp_async_wait(N, file, line);
 #elif !defined(INT8KERN_NO_MMA)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
-INT8KERN_D void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+INT8KERN_D void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr INT8KERN_CALL_SITE) {
 #if defined(INT8KERN_EMU)
-  ::int8kern::emu::ldmatrix_x4(r, addr, __FILE__, __LINE__);
+  ::int8kern::emu::ldmatrix_x4(r, addr, file, line);
 #elif !defined(INT8KERN_NO_MMA)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -76,9 +76,9 @@ INT8KERN_D void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 }
 
 // c += a (16x32, row) * b (32x8, col), exact int32.
-INT8KERN_D void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+INT8KERN_D void mma_s8_16832(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2] INT8KERN_CALL_SITE) {
 #if defined(INT8KERN_EMU)
-  ::int8kern::emu::mma_s8_16832(c, a, b, __FILE__, __LINE__);
+  ::int8kern::emu::mma_s8_16832(c, a, b, file, line);
 #elif !defined(INT8KERN_NO_MMA)
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "

@@ -157,11 +157,15 @@ __global__ void __launch_bounds__(kSpillThreads) outlier_spill_kernel(const Outl
       s_scale[tid] = j < p.N ? absmax_to_scale(p.weight_absmax[j]) : 0.0f;
     }
     __syncthreads();
-    float acc[4][4];
+    // float64: each product of two float32 values is exact, and the sum over up to K columns
+    // (ascending) is rounded once at the end, as the CPU kernels do; a float32 running sum
+    // of a few hundred large terms misses the reference's accuracy (the CUDA emulator's
+    // property test found it: float32, every one of 200 columns an outlier).
+    double acc[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) acc[i][jj] = 0.0f;
+      for (int jj = 0; jj < 4; ++jj) acc[i][jj] = 0.0;
 
     for (int c0 = 0; c0 < n; c0 += kSpillChunk) {
 #pragma unroll
@@ -187,7 +191,8 @@ __global__ void __launch_bounds__(kSpillThreads) outlier_spill_kernel(const Outl
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
-          for (int jj = 0; jj < 4; ++jj) acc[i][jj] = fmaf(a[i], b[jj], acc[i][jj]);
+          for (int jj = 0; jj < 4; ++jj)
+            acc[i][jj] = fma(static_cast<double>(a[i]), static_cast<double>(b[jj]), acc[i][jj]);
       }
       __syncthreads();  // xs/ws are refilled by the next chunk; s_scale by the next tile
     }
@@ -197,7 +202,7 @@ __global__ void __launch_bounds__(kSpillThreads) outlier_spill_kernel(const Outl
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         const int64_t col = n0 + tx + 16 * jj;
-        if (row < p.M && col < p.N) add[row * p.ld_add + col] = from_float<T>(acc[i][jj]);
+        if (row < p.M && col < p.N) add[row * p.ld_add + col] = from_double<T>(acc[i][jj]);
       }
     }
   }
