@@ -44,14 +44,16 @@ eval: install
 bench-shared-cpu: install
 	$(PY) benchmarks/bench_shared_cpu.py --json benchmarks/results/shared-cpu.json
 
-# The CUDA kernels on this CPU, under the warp-level emulator (issue 17, csrc/emu/README.md): the
-# self-test in full with the mma.sync and the wgmma GEMM, --small under ASan+UBSan and under TSan,
-# the planted bugs each caught (tests/test_emu_selftest.py), the emulator's lane layouts against
-# CuTe (tests/test_emu_layouts.py).
-# TODO(lead): add the emulated backend's op tests (tests/test_ops.py etc., -k emu) to this line.
+# The CUDA kernels on this CPU, under the warp-level emulator (csrc/emu): the self-test with both
+# GEMM main loops, again under ASan+UBSan and TSan, the planted bugs each must catch, the lane
+# layouts against CuTe, the per-launch counters, and every op test on the `cuda_emu` device.
+# `make test` runs all of this too (it runs every test file).
 .PHONY: cuda-emu
 cuda-emu: install
-	$(PY) -m pytest -q tests/test_emu_selftest.py tests/test_emu_layouts.py
+	$(PY) -m pytest -q tests/test_emu_selftest.py tests/test_emu_layouts.py tests/test_emu_profile.py \
+		tests/test_build.py
+	$(PY) -m pytest -q -k cuda_emu tests/test_ops.py tests/test_errors.py tests/test_properties.py \
+		tests/test_robustness.py tests/test_nn.py tests/test_fake_checks.py
 
 # On a GPU machine (the runbook, scripts/gpu_check.sh): self-test, every CUDA test with both GEMM
 # main loops, compute-sanitizer (memcheck, racecheck, synccheck, initcheck), short timings.

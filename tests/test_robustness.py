@@ -9,9 +9,11 @@ from torch import nn
 import int8kern
 from int8kern import Int8LinearLt, ops, quantize_model, reference as ref
 
-from conftest import FLOAT_DTYPES, assert_close_to_f64, gen, linear_f64, randn
+from conftest import DEVICES, FLOAT_DTYPES, assert_close_to_f64, gen, linear_f64, on_device, randn
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# The CUDA kernels: on a GPU, and under the emulator (int8kern.emu, CPU tensors).
+CUDA_KERNELS = [d for d in DEVICES if d != "cpu"]
 
 
 # ---------------------------------------------------------------- non-finite values
@@ -164,8 +166,8 @@ def test_non_default_stream():
     assert torch.equal(got, want)
 
 
-def _x_with_outliers(shape, dtype, seed, outlier_cols):
-    """Standard normal x on CUDA (|x| >= 6 has probability 2e-9: no outliers of its own) plus,
+def _x_with_outliers(shape, dtype, seed, outlier_cols, device="cuda"):
+    """Standard normal x on `device` (|x| >= 6 has probability 2e-9: no outliers of its own) plus,
     in each listed column, one entry of magnitude 8..20 in a row and with a sign picked by the
     seed: with threshold 6 the outlier columns are exactly `outlier_cols`."""
     x = randn(shape, torch.float32, "cpu", seed=seed)
@@ -175,7 +177,7 @@ def _x_with_outliers(shape, dtype, seed, outlier_cols):
         rows = torch.randint(0, shape[0], (cols.numel(),), generator=g)
         sign = torch.where(torch.rand(cols.numel(), generator=g) < 0.5, -1.0, 1.0)
         x[rows, cols] = sign * (8 + 12 * torch.rand(cols.numel(), generator=g))
-    return x.to(dtype=dtype, device="cuda")
+    return x.to(dtype=dtype, device=device)
 
 
 def _outlier_cases(K):
@@ -216,52 +218,69 @@ def test_cuda_graph_replay(threshold):
         assert_close_to_f64(static_y.cpu(), y_ref, linear_f64(x, w, absmax, bias), atol=1e-5)
 
 
-@needs_cuda
+@pytest.mark.parametrize("kernels", CUDA_KERNELS)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("n_outliers", ["few", "over_capacity"])
-def test_cuda_forward_and_backward_never_sync(threshold, n_outliers):
+def test_cuda_forward_and_backward_never_sync(kernels, threshold, n_outliers):
     """torch's sync debug mode raises on any host synchronisation (.item(), nonzero(), a
-    blocking copy) inside int8kern's CUDA forward and its backward."""
+    blocking copy) inside int8kern's CUDA forward and its backward; under the emulator, the
+    CUDA host code counts none."""
+    with on_device(kernels) as device:
+        _forward_and_backward_never_sync(kernels, device, threshold, n_outliers)
+
+
+def _forward_and_backward_never_sync(kernels, device, threshold, n_outliers):
     K = 3 * ops.OUTLIER_CAPACITY + 5
     cols = [3, 50, 51] if n_outliers == "few" else range(0, K, 2)
-    w, absmax = ref.quantize_weight(randn((40, K), torch.float32, "cuda", seed=30, scale=0.05))
-    bias = randn((40,), torch.float32, "cuda", seed=31).requires_grad_()
-    x = _x_with_outliers((10, K), torch.float32, 32, cols).reshape(2, 5, K).requires_grad_()
-    g = randn((2, 5, 40), torch.float32, "cuda", seed=33)
-    # Warm-up: lazy initialisation (cuBLAS handles, autograd's device threads) may sync once.
-    ops.int8_linear(x, w, absmax, bias, threshold).backward(g)
-    x.grad = bias.grad = None
-    torch.cuda.synchronize()
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    w, absmax = ref.quantize_weight(randn((40, K), torch.float32, device, seed=30, scale=0.05))
+    bias = randn((40,), torch.float32, device, seed=31).requires_grad_()
+    x = _x_with_outliers((10, K), torch.float32, 32, cols, device).reshape(2, 5, K).requires_grad_()
+    g = randn((2, 5, 40), torch.float32, device, seed=33)
+    if kernels == "cuda":
+        # Warm-up: lazy initialisation (cuBLAS handles, autograd's device threads) may sync once.
+        ops.int8_linear(x, w, absmax, bias, threshold).backward(g)
+        x.grad = bias.grad = None
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            y = ops.int8_linear(x, w, absmax, bias, threshold)
+            y.backward(g)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    else:
+        int8kern.emu.reset_stats()
         y = ops.int8_linear(x, w, absmax, bias, threshold)
         y.backward(g)
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
+        assert int8kern.emu.stats()["host_syncs"] == 0
     y_ref = ref.int8_linear(x.detach().cpu(), w.cpu(), absmax.cpu(), bias.detach().cpu(), threshold)
     assert_close_to_f64(y.detach().cpu(), y_ref, linear_f64(x.detach(), w, absmax, bias.detach()), atol=1e-5)
     assert x.grad is not None and bias.grad is not None
 
 
-@needs_cuda
+@pytest.mark.parametrize("kernels", CUDA_KERNELS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("n_outliers", ["capacity", "capacity+1", "capacity+37", "every_column"])
-def test_cuda_more_outlier_columns_than_capacity(dtype, n_outliers):
+def test_cuda_more_outlier_columns_than_capacity(kernels, dtype, n_outliers):
     """Past OUTLIER_CAPACITY outlier columns the spill kernel takes over the outlier product: the
     result stays within the usual tolerance of the reference (odd M and N: partial spill tiles)."""
+    with on_device(kernels) as device:
+        _more_outlier_columns_than_capacity(device, dtype, n_outliers)
+
+
+def _more_outlier_columns_than_capacity(device, dtype, n_outliers):
     cap = ops.OUTLIER_CAPACITY
     M, N = 67, 129
-    w_float = randn((N, 3 * cap + 5), torch.float32, "cuda", seed=41, scale=0.05)
-    bias = randn((N,), dtype, "cuda", seed=42)
+    w_float = randn((N, 3 * cap + 5), torch.float32, device, seed=41, scale=0.05)
+    bias = randn((N,), dtype, device, seed=42)
     if n_outliers == "every_column":
         K = cap + 37
-        x = randn((M, K), torch.float32, "cuda", seed=43)
+        x = randn((M, K), torch.float32, device, seed=43)
         x = torch.where(x < 0, x - 7, x + 7).to(dtype)  # |x| >= 7 everywhere: int8 part all 0
     else:
         K = 3 * cap + 5
         n = {"capacity": cap, "capacity+1": cap + 1, "capacity+37": cap + 37}[n_outliers]
-        x = _x_with_outliers((M, K), dtype, 44, range(1, K, 2)[:n])
+        x = _x_with_outliers((M, K), dtype, 44, range(1, K, 2)[:n], device)
     weight, absmax = ref.quantize_weight(w_float[:, :K].contiguous())
     q, _, cols = ops.quantize_rowwise(x, 6.0)
     assert cols.numel() == (K if n_outliers == "every_column" else n)
