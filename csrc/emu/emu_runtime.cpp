@@ -521,7 +521,18 @@ bool run_block(const uint3& block_idx, int nthreads) {
   BlockState& blk = *g_block;
   for (int i = 0; i < nthreads; ++i) {
     ThreadState& t = blk.threads[i];
-    t = ThreadState();
+    // Reset field by field: the containers keep their storage from the previous block (a fresh
+    // ThreadState would allocate for each of a launch's threads in every block).
+    t.done = false;
+    t.watch = nullptr;
+    t.seen = 0;
+    t.wait_what = t.wait_file = nullptr;
+    t.wait_line = 0;
+    t.cp_open.clear();
+    t.cp_groups.clear();
+    t.cp_issued = 0;
+    t.ignore_depth = 0;
+    t.tsan_fiber = t.asan_fake_stack = nullptr;
     const dim3& bd = g_cfg->block;
     t.ids.thread_idx = make_uint3(i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y));
     t.ids.block_idx = block_idx;
