@@ -100,6 +100,8 @@ struct EmulatorScope {
     --*ignore_depth();
     __tsan_ignore_thread_end();
   }
+#else
+  EmulatorScope() {}  // nothing to do; user-provided so that a scope is not an "unused variable"
 #endif
 };
 // Before a fiber leaves for good (it exited, or faulted inside an entry point): its
@@ -841,23 +843,10 @@ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, const char* file, int line) {
         w.out[l][reg] = v;
       }
     }
-    // Bank conflicts: each 8x16-byte matrix is one request; a bank (4 bytes of 32) serving k
-    // distinct 4-byte words costs k wavefronts.
+    // Bank conflicts: each 8 x 16-byte matrix is one request of 8 row reads.
     for (int m = 0; m < 4; ++m) {
-      int words_per_bank[32] = {0};
-      uint32_t seen[32][8];
-      for (int i = 0; i < 8; ++i) {
-        const uint32_t a = w.arg[8 * m + i];
-        for (int word = 0; word < 4; ++word) {
-          const uint32_t wa = (a >> 2) + word;
-          const int bank = static_cast<int>(wa & 31u);
-          bool dup = false;
-          for (int k = 0; k < words_per_bank[bank]; ++k) dup |= seen[bank][k] == wa;
-          if (!dup) seen[bank][words_per_bank[bank]++] = wa;
-        }
-      }
       ++g_stats.ldmatrix_requests;
-      g_stats.ldmatrix_wavefronts += *std::max_element(words_per_bank, words_per_bank + 32);
+      g_stats.ldmatrix_wavefronts += wavefronts_16b(&w.arg[8 * m], 8);
     }
   });
   for (int reg = 0; reg < 4; ++reg) r[reg] = w.out[t.lane][reg];
@@ -1448,22 +1437,16 @@ std::string take_error(int* code) {
   g_last_error_message.clear();
   return m;
 }
-void count_host_sync() {
+namespace {
+void count(uint64_t Stats::*field) {
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
-  ++g_stats.host_syncs;
+  ++(g_stats.*field);
 }
-void count_memset() {
-  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
-  ++g_stats.memsets;
-}
-void count_library_call() {
-  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
-  ++g_stats.library_calls;
-}
-void count_allocation() {
-  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
-  ++g_stats.mallocs;
-}
+}  // namespace
+void count_host_sync() { count(&Stats::host_syncs); }
+void count_memset() { count(&Stats::memsets); }
+void count_library_call() { count(&Stats::library_calls); }
+void count_allocation() { count(&Stats::mallocs); }
 
 }  // namespace emu
 }  // namespace int8kern
