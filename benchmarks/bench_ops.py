@@ -169,7 +169,8 @@ def cuda_gemm(kind):
 
 def bench_ceilings(t: Table, device, suite: Suite):
     """What the machine can do, measured in this run: a large device-to-device copy (bytes
-    read + written per second) and a large bf16 matmul."""
+    read + written per second), a large bf16 matmul, and the cost of one launch (a one-element
+    in-place add, end to end: what each extra kernel of a decode step costs at least)."""
     x = torch.empty(suite.copy_elems, dtype=torch.float16, device=device).normal_()
     copy = measure(lambda a: a.clone(), [(x,)], device, **suite.reps)
     n = suite.mm_n
@@ -178,6 +179,10 @@ def bench_ceilings(t: Table, device, suite: Suite):
     ceil = {"copy_GBps": 2 * x.numel() * 2 / copy.e2e_s / 1e9, "bf16_TFLOPS": 2 * n**3 / mm.e2e_s / 1e12}
     t.add("ceiling", f"copy {x.numel() * 2 / 2**20:g} MiB", "", copy, {}, f"{ceil['copy_GBps']:6.0f} GB/s")
     t.add("ceiling", "mm bfloat16", f"{n}^3", mm, {}, f"{ceil['bf16_TFLOPS']:6.0f} TFLOPS")
+    one = torch.zeros(1, device=device)
+    launch = measure(lambda v: v.add_(1.0), [(one,)], device, **suite.reps)
+    ceil["launch_us"] = launch.e2e_s * 1e6
+    t.add("ceiling", "one launch (1-element add_)", "", launch, {}, f"{ceil['launch_us']:6.1f} us")
     return ceil
 
 
@@ -420,7 +425,7 @@ def gpu_suite(t: Table, device, bnb, suite: Suite, deadline: Deadline, wgmma: bo
         t.write()
     for K, N in suite.layers:
         if section(f"Int8LinearLt {K}x{N}"):
-            bench_linear(t, device, K, N, suite.Ms, torch.float16, [torch.float16], bnb, suite.reps,
+            bench_linear(t, device, K, N, suite.Ms, torch.float16, [torch.float16, torch.bfloat16], bnb, suite.reps,
                          deadline=deadline, ceilings=ceil)
             t.write()
     if bnb is not None and section("bitsandbytes functional"):

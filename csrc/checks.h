@@ -141,6 +141,15 @@ inline c10::optional<at::Tensor> bias_as_float(const c10::optional<at::Tensor>& 
   if (!bias.has_value()) return c10::nullopt;
   return bias->to(at::kFloat).contiguous();
 }
+// The bias as a CUDA epilogue reads it: float32 or the output dtype as it is (the epilogue
+// converts each element exactly, as the reference's bias.float()), any other dtype converted to
+// float32 first (one more launch).
+inline c10::optional<at::Tensor> bias_for_epilogue(const c10::optional<at::Tensor>& bias,
+                                                   at::ScalarType out_dtype) {
+  if (!bias.has_value()) return c10::nullopt;
+  if (bias->scalar_type() == at::kFloat || bias->scalar_type() == out_dtype) return bias->contiguous();
+  return bias->to(at::kFloat).contiguous();
+}
 inline c10::optional<at::Tensor> add_for_epilogue(const c10::optional<at::Tensor>& add,
                                                   at::ScalarType out_dtype) {
   if (!add.has_value()) return c10::nullopt;

@@ -7,21 +7,13 @@
 #include <torch/library.h>
 
 #include "op_schemas.h"
-#include "outlier_capacity.h"
 
 extern "C" {
 // `import int8kern._C` loads this shared library, which runs the static registrations below.
-// Every op is reached through torch.ops.int8kern.*; the module holds only OUTLIER_CAPACITY
-// (outlier_capacity.h), so that Python and the tests never repeat the number.
+// Every op is reached through torch.ops.int8kern.*; the module itself is empty.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  PyObject* module = PyModule_Create(&module_def);
-  if (module != nullptr &&
-      PyModule_AddIntConstant(module, "OUTLIER_CAPACITY", int8kern::kOutlierCapacity) != 0) {
-    Py_DECREF(module);
-    return nullptr;
-  }
-  return module;
+  return PyModule_Create(&module_def);
 }
 }
 

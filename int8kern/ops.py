@@ -23,12 +23,6 @@ __all__ = [
 
 _ops = torch.ops.int8kern
 
-#: Outlier columns the CUDA int8_linear multiplies on its fast path, a fixed-shape cuBLAS
-#: product that needs no host synchronisation (CUDA-graph capturable). More outlier columns are
-#: still handled, correctly and without a sync, by a slower spill kernel. Read from the
-#: extension (C++: csrc/outlier_capacity.h) so that the number lives in one place.
-OUTLIER_CAPACITY: int = _C.OUTLIER_CAPACITY
-
 
 def quantize_rowwise(x: torch.Tensor, threshold: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row-wise absmax int8 quantization of x [M, K] (float16, bfloat16 or float32).
@@ -87,8 +81,10 @@ def int8_linear(
     frozen, as in bitsandbytes' Linear8bitLt with has_fp16_weights=False).
 
     On CUDA the forward (and the backward) never synchronises with the host, so it can be
-    captured in a CUDA graph: the outlier count stays on the device, up to OUTLIER_CAPACITY
-    outlier columns go through a fixed-shape cuBLAS product, and more through a slower kernel.
+    captured in a CUDA graph: the outlier count stays on the device. The forward is two kernel
+    launches for up to 64 rows (the quantize, with the outlier bookkeeping fused; the int8 GEMM,
+    whose epilogue adds the outlier product), three for more; any number of outlier columns.
+    Every backend gives the same bits as `int8kern.reference.int8_linear`.
     """
     return _ops.int8_linear(x, weight, weight_absmax, bias, float(threshold))
 

@@ -17,6 +17,7 @@ __all__ = [
     "dequantize_matmul",
     "int8_scaled_matmul",
     "int8_linear",
+    "outlier_product",
     "quantize_weight",
 ]
 
@@ -110,6 +111,26 @@ def int8_scaled_matmul(
     return dequantize_matmul(int8_matmul(a, b), row_absmax, col_absmax, bias, add, out_dtype)
 
 
+def outlier_product(x_out: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """LLM.int8()'s 16-bit half: x_out [M, n] @ w_out [N, n].T, in x_out's dtype, by one rule
+    that every backend follows bit for bit (CPU, CUDA, the emulated CUDA):
+
+        add[i, j] = dtype(float32(sum over c = 0, 1, ..., n-1 of double(x_out[i, c]) * double(w_out[j, c])))
+
+    each product exact in float64 (two values of at most 24 significant bits), the sum taken in
+    float64 in ascending column order (one rounding per addition, starting from 0), rounded to
+    float32 and then to the dtype (torch's float64 -> float16/bfloat16 conversion also goes
+    through float32). int8_linear adds it in float32 after the bias, as dequantize_matmul adds
+    `add`. A 16-bit matmul would instead round every partial sum to an order that differs
+    between libraries and devices.
+    """
+    xd, wd = x_out.double(), w_out.double()
+    acc = torch.zeros(xd.shape[0], wd.shape[0], dtype=torch.float64, device=x_out.device)
+    for c in range(xd.shape[1]):
+        acc += xd[:, c, None] * wd[None, :, c]
+    return acc.float().to(x_out.dtype)
+
+
 def int8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -126,7 +147,7 @@ def int8_linear(
     if cols.numel() > 0:
         w_scale = weight_absmax / torch.full_like(weight_absmax, 127.0)
         w_outliers = (weight[:, cols].float() * w_scale[:, None]).to(x.dtype)
-        add = x2[:, cols] @ w_outliers.T
+        add = outlier_product(x2[:, cols], w_outliers)
     y = int8_scaled_matmul(q, weight, row_absmax, weight_absmax, bias, add, x.dtype)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 

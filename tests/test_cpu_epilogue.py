@@ -5,7 +5,8 @@ order, so on the CPU every output dtype must match int8kern.reference exactly, a
 32-column strips and 4-row tiles it works in (odd N and M on both sides of them), with bias,
 with `add` in the output dtype or float32, on both GEMM paths (own tiles at M < 64, oneDNN +
 one epilogue pass at M >= 256 on VNNI CPUs). int8_linear's outlier term, formed inside the
-epilogue, must equal float32(sum in double) added last. And the AVX-512 code and its scalar
+epilogue, must equal the reference's (reference.outlier_product: the float64 sum rounded to float32
+and then to x's dtype, added last). And the AVX-512 code and its scalar
 fallback (INT8KERN_CPU_SCALAR_EPILOGUE=1, read once per process) must agree exactly."""
 import os
 import subprocess
@@ -44,18 +45,6 @@ def test_epilogue_bit_exact(out_dtype, add_dtype):
             _same(ops.dequantize_matmul(ops.int8_matmul(a, b), row, col, bias, add, out_dtype), want)
 
 
-def _outlier_spec(x2, weight, absmax, bias, threshold):
-    """int8_linear with the outlier product summed in float64 and rounded to float32, added
-    after bias: what the CPU kernel computes."""
-    q, row_absmax, cols = ref.quantize_rowwise(x2, threshold)
-    add = None
-    if cols.numel():
-        scale = absmax / torch.full_like(absmax, 127.0)
-        wo = (weight[:, cols].float() * scale[:, None]).to(x2.dtype)
-        add = (x2[:, cols].double() @ wo.double().T).float()
-    return ref.int8_scaled_matmul(q, weight, row_absmax, absmax, bias, add, x2.dtype)
-
-
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("M", [1, 6, 64, 261])
 def test_int8_linear_outlier_term_exact(dtype, M):
@@ -65,7 +54,7 @@ def test_int8_linear_outlier_term_exact(dtype, M):
     weight, absmax = ref.quantize_weight(randn((N, K), torch.float32, "cpu", seed=5, scale=0.05))
     bias = randn((N,), dtype, "cpu", seed=6)
     for threshold in (6.0, 0.0, 0.5):  # 0.5: nearly every column is an outlier
-        _same(ops.int8_linear(x, weight, absmax, bias, threshold), _outlier_spec(x, weight, absmax, bias, threshold))
+        _same(ops.int8_linear(x, weight, absmax, bias, threshold), ref.int8_linear(x, weight, absmax, bias, threshold))
 
 
 SCRIPT = r"""

@@ -230,6 +230,11 @@ PLANTS = [
           stdout=[r"^FAIL  gemm int32 ", r"mismatch at flat \d+ \(row \d+ col \d+\): got -?\d+ want -?\d+",
                   r"^FAILED: [1-9]\d* failure\(s\)"],
           why="compute_stage feeds ldmatrix matrices 1 and 2 to the wrong mma B fragments"),
+    Plant("OUTLIER_MASK_NOT_CLEARED", "plain", "outliers", 1,
+          stdout=[r"^FAIL  quantize f16 M=16 K=300 ", r"^FAILED: [1-9]\d* failure\(s\)"],
+          why="the quantize launch's last block lists the outlier columns but leaves their marks in the "
+              "cached mask: the workspace is not zero after the launch, and a later call on the stream "
+              "would list this call's columns too"),
     Plant("WRONG_MBARRIER_PARITY_EMPTY", "plain", "wgmma", 2,
           stderr=[r"kernel int8_gemm_wgmma_kernel<Epilogue>, block \(0, 0, 0\): deadlock: every live thread "
                   r"waits for something no other thread will do",

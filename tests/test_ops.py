@@ -233,6 +233,9 @@ def test_int8_linear(device, dtype, lead, K, N, threshold, with_bias):
     y = ops.int8_linear(x, weight, absmax, bias, threshold)
     y_ref = ref.int8_linear(x.cpu(), weight.cpu(), absmax.cpu(), None if bias is None else bias.cpu(), threshold)
     assert y.shape == (*lead, N) and y.dtype == dtype and y.device.type == device
+    # Bit for bit on every backend (the outlier product's float64 contract, reference.outlier_product),
+    # and the reference itself within LLM.int8()'s usual distance of the float64 product.
+    assert torch.equal(y.cpu(), y_ref)
     assert_close_to_f64(y.cpu(), y_ref, linear_f64(x, weight, absmax, bias), atol=1e-5)
 
 

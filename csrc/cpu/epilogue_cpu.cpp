@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 
 #include "epilogue.h"
 
@@ -38,7 +39,9 @@ void dequantize_tile_scalar(const EpilogueArgs& e, int64_t i, int64_t rows, int6
         double s = 0.0;
         for (int64_t c = 0; c < e.n_out; ++c)
           s += xo[c] * e.wo[((j0 + j) / 32 * e.n_out + c) * 32 + (j0 + j) % 32];
-        v += static_cast<float>(s);
+        // float64 -> float32 -> OutT (x's dtype), then added in float32: the reference's
+        // outlier_product and `+ add.float()`.
+        v += static_cast<float>(static_cast<OutT>(static_cast<float>(s)));
       }
       out[r * ldo + j] = static_cast<OutT>(v);
     }
@@ -69,6 +72,19 @@ INT8KERN_AVX512 inline void store8(at::BFloat16* p, __m256 v, __mmask8 m) {
   __m256i h = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
   h = _mm256_mask_mov_epi32(h, _mm256_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm256_set1_epi32(0x7FC0));
   _mm_mask_storeu_epi16(p, m, _mm256_cvtepi32_epi16(h));
+}
+
+// float(T(v)): the outlier term is rounded to the output (x's) dtype before it is added, as the
+// reference's outlier_product is; the round trip is the stores' and loads' own conversion.
+template <typename T>
+INT8KERN_AVX512 inline __m256 round_through(__m256 v) {
+  if constexpr (std::is_same<T, float>::value) {
+    return v;
+  } else {
+    alignas(32) T tmp[8];
+    store8(tmp, v, __mmask8(0xFF));
+    return load8(tmp, __mmask8(0xFF));
+  }
 }
 
 template <int R, typename OutT, typename AddT>
@@ -106,7 +122,7 @@ INT8KERN_AVX512 void strip_avx512(const EpilogueArgs& e, int64_t i, int64_t j0, 
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) _mm256_store_ps(&term[r][8 * v], _mm512_cvtpd_ps(o[r][v]));
+      for (int v = 0; v < 4; ++v) _mm256_store_ps(&term[r][8 * v], round_through<OutT>(_mm512_cvtpd_ps(o[r][v])));
   }
   for (int r = 0; r < R; ++r) {
     const __m256 rs = _mm256_set1_ps(e.row_absmax[i + r] / 127.0f);

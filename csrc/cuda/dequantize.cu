@@ -76,7 +76,8 @@ void launch_dequantize(const int32_t* acc, int64_t M, int64_t N, const float* ro
                        DType add_dtype, void* out, DType out_dtype, cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   // Contiguous [M, N]: out and add row strides are N.
-  const DequantEpilogue epi{out, N, out_dtype, row_absmax, col_absmax, bias, add, add_dtype, N};
+  const DequantEpilogue epi{out, N, out_dtype, row_absmax, col_absmax, bias, DType::Float32, add, add_dtype, N,
+                            nullptr, 0, nullptr, 0, nullptr, nullptr};  // no outlier product
   const bool vec4 = N % 4 == 0 && is_aligned(acc, 16) &&
                     is_aligned(out, 4 * static_cast<uintptr_t>(dtype_size(out_dtype)));
   constexpr int kThreads = 256;

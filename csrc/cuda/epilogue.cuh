@@ -57,19 +57,28 @@ struct Int32Epilogue {
   }
 };
 
-// out[i, j] = round_to_out_dtype(((float(acc) * (row_absmax[i] / 127)) * (col_absmax[j] / 127)
-//                                 + bias[j]) + float(add[i, j]))
-// each float op rounded to float32 in exactly this order; bias / add optional (null).
+// out[i, j] = round_to_out_dtype((((float(acc) * (row_absmax[i] / 127)) * (col_absmax[j] / 127)
+//                                 + bias[j]) + float(add[i, j])) + outlier[i, j])
+// each float op rounded to float32 in exactly this order; bias / add / outlier optional (null).
+// outlier: LLM.int8()'s 16-bit product over the outlier columns (launchers.h, Int8GemmParams),
+// summed in float64 here, in the epilogue, from x and the int8 weight.
 struct DequantEpilogue {
   void* out;
   int64_t ldo;
   DType out_dtype;
   const float* row_absmax;  // [M]
   const float* col_absmax;  // [N]
-  const float* bias;        // [N] or null
+  const void* bias;         // [N] or null
+  DType bias_dtype;         // Float32 or out_dtype (converted exactly, as the reference's bias.float())
   const void* add;          // [M, N] row stride ld_add, or null
   DType add_dtype;          // Float32 or out_dtype
   int64_t ld_add;
+  const void* x;            // [M, K] in out_dtype, row stride ldx: the outlier product's x, or null
+  int64_t ldx;
+  const int8_t* w;          // [N, K] row stride ldw: the GEMM's b
+  int64_t ldw;
+  const int32_t* cols;      // the outlier columns cols[0, *n_cols), ascending
+  const int32_t* n_cols;
 
   // Per-tile row / column scales (0 past M / N: never used, keeps shared memory defined).
   INT8KERN_D void prologue(float* s_row, float* s_col, const TileCtx& c, int tid,
@@ -92,6 +101,7 @@ struct DequantEpilogue {
   INT8KERN_D void apply(const int32_t (&acc)[Layout::kCount], const Layout& lay,
                         const TileCtx& c) const {
     constexpr int kChunk = Layout::kCount % 16 == 0 ? 16 : Layout::kCount;
+    const int n_outliers = x != nullptr ? *n_cols : 0;  // written by the quantize launch
 #pragma unroll
     for (int base = 0; base < Layout::kCount; base += kChunk) {
       float v[kChunk];
@@ -100,10 +110,16 @@ struct DequantEpilogue {
         v[k] = dequant_core(acc[base + k], c.s_row[lay.row(base + k)],
                             c.s_col[lay.col(base + k)]);
       if (bias != nullptr) {
-#pragma unroll
-        for (int k = 0; k < kChunk; ++k) {
-          const int64_t j = c.n0 + lay.col(base + k);
-          if (j < c.N) v[k] = fadd_rn(v[k], bias[j]);
+        switch (bias_dtype) {
+          case DType::Float16:
+            bias_chunk<__half>(v, base, lay, c);
+            break;
+          case DType::BFloat16:
+            bias_chunk<__nv_bfloat16>(v, base, lay, c);
+            break;
+          default:
+            bias_chunk<float>(v, base, lay, c);
+            break;
         }
       }
       if (add != nullptr) {
@@ -116,6 +132,19 @@ struct DequantEpilogue {
             break;
           default:
             add_chunk<float>(v, base, lay, c);
+            break;
+        }
+      }
+      if (n_outliers > 0) {
+        switch (out_dtype) {
+          case DType::Float16:
+            outlier_chunk<__half>(v, base, lay, c, n_outliers);
+            break;
+          case DType::BFloat16:
+            outlier_chunk<__nv_bfloat16>(v, base, lay, c, n_outliers);
+            break;
+          default:
+            outlier_chunk<float>(v, base, lay, c, n_outliers);
             break;
         }
       }
@@ -133,6 +162,18 @@ struct DequantEpilogue {
     }
   }
 
+  // v[k] += bias[column of element base + k], bounds-checked.
+  template <typename T, int kChunk, class Layout>
+  INT8KERN_D void bias_chunk(float (&v)[kChunk], int base, const Layout& lay,
+                             const TileCtx& c) const {
+    const T* p = static_cast<const T*>(bias);
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) {
+      const int64_t j = c.n0 + lay.col(base + k);
+      if (j < c.N) v[k] = fadd_rn(v[k], to_float(p[j]));
+    }
+  }
+
   // v[k] += add[element base + k], bounds-checked.
   template <typename T, int kChunk, class Layout>
   INT8KERN_D void add_chunk(float (&v)[kChunk], int base, const Layout& lay,
@@ -143,6 +184,45 @@ struct DequantEpilogue {
       const int64_t i = c.m0 + lay.row(base + k);
       const int64_t j = c.n0 + lay.col(base + k);
       if (i < c.M && j < c.N) v[k] = fadd_rn(v[k], to_float(p[i * ld_add + j]));
+    }
+  }
+
+  // v[k] += the outlier product of element base + k (int8kern.reference's contract): for each
+  // element, sum_c double(x[i, col_c]) * double(T(float(w[j, col_c]) * col_scale[j])) over the
+  // columns in ascending order, each product exact in float64 (two values of <= 24 significant
+  // bits), then rounded to float32, then to T, and added in float32. Four elements at a time
+  // (four float64 sums live), so the 128x128 tile stays in its register budget; their rows and
+  // columns repeat within the four, and the loads fold together under unrolling. Reads x and
+  // the weight bytes from L2 / L1 (the GEMM just streamed those weight rows), n per element.
+  template <typename T, int kChunk, class Layout>
+  INT8KERN_D void outlier_chunk(float (&v)[kChunk], int base, const Layout& lay, const TileCtx& c,
+                                int n) const {
+    constexpr int kGroup = 4;
+    static_assert(kChunk % kGroup == 0, "whole groups of four elements");
+    const T* xp = static_cast<const T*>(x);
+#pragma unroll
+    for (int g = 0; g < kChunk; g += kGroup) {
+      double sum[kGroup];
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) sum[k] = 0.0;
+#pragma unroll 1
+      for (int oc = 0; oc < n; ++oc) {
+        const int64_t col = cols[oc];
+#pragma unroll
+        for (int k = 0; k < kGroup; ++k) {
+          const int64_t i = c.m0 + lay.row(base + g + k);
+          const int64_t j = c.n0 + lay.col(base + g + k);
+          if (i < c.M && j < c.N) {
+            const T w_deq = from_float<T>(fmul_rn(static_cast<float>(w[j * ldw + col]),
+                                                  c.s_col[lay.col(base + g + k)]));
+            sum[k] = fma(static_cast<double>(to_float(xp[i * ldx + col])),
+                         static_cast<double>(to_float(w_deq)), sum[k]);  // exact product
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k)
+        v[g + k] = fadd_rn(v[g + k], to_float(from_float<T>(from_double<float>(sum[k]))));
     }
   }
 
@@ -162,7 +242,7 @@ struct DequantEpilogue {
   // Single element, for launch_dequantize (no tile): same operations, same order.
   INT8KERN_D float value(int64_t i, int64_t j, int32_t acc, int64_t add_idx) const {
     float v = dequant_core(acc, absmax_to_scale(row_absmax[i]), absmax_to_scale(col_absmax[j]));
-    if (bias != nullptr) v = fadd_rn(v, bias[j]);
+    if (bias != nullptr) v = fadd_rn(v, load_as_float(bias, bias_dtype, j));
     if (add != nullptr) v = fadd_rn(v, load_as_float(add, add_dtype, add_idx));
     return v;
   }
@@ -176,7 +256,8 @@ void with_epilogue(const Int8GemmParams& p, F&& f) {
     f(Int32Epilogue{static_cast<int32_t*>(p.out), p.ldo});
   } else {
     f(DequantEpilogue{p.out,  p.ldo, p.out_dtype, p.row_absmax, p.col_absmax,
-                      p.bias, p.add, p.add_dtype, p.ld_add});
+                      p.bias, p.bias_dtype, p.add, p.add_dtype, p.ld_add,
+                      p.outlier_x, p.ld_outlier_x, p.b, p.ldb, p.outlier_cols, p.n_outlier_cols});
   }
 }
 

@@ -14,7 +14,6 @@
 #include <cuda_runtime_api.h>
 #endif
 
-#include "../outlier_capacity.h"
 
 namespace int8kern {
 namespace cuda {
@@ -22,71 +21,49 @@ namespace cuda {
 // Floating dtypes the kernels read and write. Values are fixed: host code maps at::ScalarType.
 enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
-// Row-wise absmax quantization with outlier-column detection, one pass over x.
-//   x: [M, K] row-major with row stride ldx (elements), dtype x_dtype.
-//   q: int8 [M, K] contiguous. row_absmax: float32 [M].
-//   threshold > 0: elements with |x| >= threshold are excluded from the row absmax and
-//   their column is marked in outlier_mask (uint8 [K], zeroed by the caller; the kernel
-//   only ever stores 1). threshold <= 0: outlier_mask may be null and is not touched.
-//   NaN and +-Inf are never outliers (outlier: threshold <= |x| < inf): they stay in their
-//   row and make its absmax NaN/Inf; q is 0 where x*scale is NaN.
-//   q is NOT yet zeroed in outlier columns: launch_zero_columns does that once the mask
-//   has been compacted into a column list.
-void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
-                             float threshold, int8_t* q, float* row_absmax,
-                             uint8_t* outlier_mask, cudaStream_t stream);
-
-// q[:, cols[c]] = 0 for c in [0, n_cols). q: int8 [M, K] contiguous.
-void launch_zero_columns(int8_t* q, int64_t M, int64_t K, const int64_t* cols, int64_t n_cols,
-                         cudaStream_t stream);
-
-// ---- the sync-free outlier path of int8_linear (outliers.cu) ----
-// The outlier count lives only in device memory (n_cols); every kernel below reads it there,
-// so the host never waits and the sequence can be captured in a CUDA graph.
-
-// Turns the byte mask of launch_quantize_rowwise (uint8 [K], nonzero = outlier column) into
-// the ascending column list cols[0, n) (int32 [K], entries past n are left unwritten) and
-// *n_cols = n (int32 scalar). One block; K <= 131071 (checks.h kMaxK) so int32 holds it.
-void launch_compact_columns(const uint8_t* mask, int64_t K, int32_t* cols, int32_t* n_cols,
-                            cudaStream_t stream);
-
-// Operands of the outlier kernels; T below is `dtype`, x's dtype.
-struct OutlierParams {
-  DType dtype = DType::Float32;
-  const void* x = nullptr;  // [M, K], row stride ldx (elements)
-  int64_t M = 0, K = 0, ldx = 0;
-  int8_t* q = nullptr;  // int8 [M, K] contiguous (launch_quantize_rowwise's output)
-  const int8_t* weight = nullptr;  // int8 [N, K], row stride ldw
-  int64_t N = 0, ldw = 0;
-  const float* weight_absmax = nullptr;  // float32 [N]
-  const int32_t* cols = nullptr;         // launch_compact_columns' list and count
-  const int32_t* n_cols = nullptr;
-  void* x_out = nullptr;  // [M, kOutlierCapacity] contiguous, T
-  void* w_out = nullptr;  // [N, kOutlierCapacity] contiguous, T
-  void* add = nullptr;    // [M, N] row stride ld_add, T
-  int64_t ld_add = 0;
+// The outlier bookkeeping of launch_quantize_rowwise (threshold > 0): where the outlier columns
+// are marked and listed. mask and arrivals are workspace: ALL ZERO at launch, and the launch
+// leaves them all zero (its last block clears them), so one buffer serves every launch on a
+// stream without a memset; launches that may overlap (other streams) each need their own.
+struct OutlierBookkeeping {
+  uint8_t* mask = nullptr;        // uint8 [K] workspace; null: no outlier columns (threshold <= 0)
+  uint32_t* arrivals = nullptr;   // one uint32 workspace counter
+  int32_t* cols = nullptr;        // int32 [K]: the outlier columns, ascending, in cols[0, n)
+  int32_t* n_cols = nullptr;      // int32 scalar: n (only ever read on the device by int8_linear)
+  bool zero_q = true;             // the launch zeroes q[:, cols]; false: the caller launches
+                                  // launch_zero_outlier_columns (many rows: the whole GPU)
 };
 
-// With n = *n_cols and CAP = kOutlierCapacity:
-//   q[:, cols[c]] = 0 for every c < n;
-//   x_out[m, c] = x[m, cols[c]] for c < min(n, CAP), 0 beyond;
-//   w_out[j, c] = T(float(weight[j, cols[c]]) * (weight_absmax[j] / 127)) for c < min(n, CAP),
-//                 0 beyond (float32, true division, rounded once: the reference's formula).
-// Then x_out @ w_out.T is the outlier product when n <= CAP (the zero columns add exact 0s).
-void launch_gather_outliers(const OutlierParams& p, cudaStream_t stream);
+// Row-wise absmax quantization with the outlier bookkeeping, one pass over x, one launch.
+//   x: [M, K] row-major with row stride ldx (elements), dtype x_dtype.
+//   q: int8 [M, K] contiguous. row_absmax: float32 [M].
+//   threshold > 0 (book.mask non-null): elements with |x| >= threshold are excluded from the row
+//   absmax; their columns are listed in book.cols / *book.n_cols (ascending, any count up to
+//   K) and, with book.zero_q, zeroed in q. threshold <= 0: book.mask must be null.
+//   NaN and +-Inf are never outliers (outlier: threshold <= |x| < inf): they stay in their
+//   row and make its absmax NaN/Inf; q is 0 where x*scale is NaN.
+void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
+                             float threshold, int8_t* q, float* row_absmax,
+                             const OutlierBookkeeping& book, cudaStream_t stream);
 
-// When n = *n_cols > CAP (it returns at once otherwise):
-//   add[m, j] = T(sum_{c < n} float(x[m, cols[c]]) * float(w_deq[j, cols[c]]))
-// with w_deq as in w_out above, the sum in float64 in ascending c (exact products): the whole outlier product,
-// rounded once, overwriting the truncated cuBLAS product (which must precede it on the stream).
-// max_blocks bounds the grid (a small multiple of the SM count): with n <= CAP, the common
-// case, the launch is that many blocks that each read one int and exit.
-void launch_outlier_spill(const OutlierParams& p, int max_blocks, cudaStream_t stream);
+// q[:, cols[c]] = 0 for c < *n_cols (read on the device). q: int8 [M, K] contiguous.
+void launch_zero_outlier_columns(int8_t* q, int64_t M, int64_t K, const int32_t* cols,
+                                 const int32_t* n_cols, cudaStream_t stream);
+
+// Rows up to which int8_linear lets the quantize launch zero q's outlier columns itself (its last
+// block writes M * n bytes, a few microseconds at most here); above, one more launch does it on
+// the whole GPU. Decode (M <= 16) and batched decode stay at two launches.
+constexpr int64_t kZeroOutliersInQuantizeMaxRows = 64;
 
 // C = A @ B.T on int8 tensor cores (mma.sync.m16n8k32.s32.s8.s8.s32, sm_80+), exact int32
 // accumulation, with either an int32 output or the fused dequantize epilogue:
 //   out[i, j] = (float(acc[i, j]) * (row_absmax[i] / 127) * (col_absmax[j] / 127)
-//                + bias[j] + add[i, j])            computed in float32, rounded once.
+//                + bias[j] + add[i, j] + outlier[i, j])   in float32, each step rounded,
+// outlier (LLM.int8()'s 16-bit half, when outlier_cols is set) as int8kern.reference defines it:
+//   outlier[i, j] = float(T(float(sum_c double(x[i, col_c]) * double(w_deq[j, col_c]))))
+//   w_deq[j, k] = T(float(b[j, k]) * (col_absmax[j] / 127)),  T = out_dtype,
+// the sum in float64 over the listed columns in ascending order (products exact), rounded to
+// float32 and then to T: the same bits as the CPU kernels and the reference.
 struct Int8GemmParams {
   const int8_t* a = nullptr;  // [M, K], row stride lda (elements), K-major
   const int8_t* b = nullptr;  // [N, K], row stride ldb (elements), K-major (nn.Linear weight)
@@ -100,15 +77,23 @@ struct Int8GemmParams {
 
   const float* row_absmax = nullptr;  // [M]
   const float* col_absmax = nullptr;  // [N]
-  const float* bias = nullptr;        // [N] float32, or null
+  const void* bias = nullptr;         // [N] in bias_dtype, or null
+  DType bias_dtype = DType::Float32;  // Float32 or out_dtype
   const void* add = nullptr;          // [M, N] with row stride ld_add, or null
   DType add_dtype = DType::Float32;   // add is either out_dtype or Float32
   int64_t ld_add = 0;
 
+  // The outlier product (LLM.int8()), computed in the epilogue from x and the int8 weight b:
+  // no 16-bit copy of the weight columns, no extra launch, any number of columns.
+  const void* outlier_x = nullptr;        // [M, K] in out_dtype, row stride ld_outlier_x; null: none
+  int64_t ld_outlier_x = 0;
+  const int32_t* outlier_cols = nullptr;  // launch_quantize_rowwise's column list and count
+  const int32_t* n_outlier_cols = nullptr;
+
   // Split-K scratch for the decode regime (M <= 16): int8_gemm_workspace_elems(params) int32
-  // elements, all ZERO at launch (at::zeros: a memset on the same stream), left all zero by
-  // the launch. Private to one launch at a time: launches that may overlap (other streams)
-  // each need their own. Null: no split-K (correct, slower at small M).
+  // elements, all ZERO at launch and left all zero by the launch (so a buffer cached per stream
+  // is zeroed once, not per call). Private to one launch at a time: launches that may overlap
+  // (other streams) each need their own. Null: no split-K (correct, slower at small M).
   int32_t* workspace = nullptr;
 };
 

@@ -10,6 +10,11 @@
 // which also counts allocations, memsets and host syncs.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
 #ifdef INT8KERN_EMU
 #include "../emu/host_shim.h"
 #else
@@ -29,14 +34,12 @@ namespace {
 
 #ifndef INT8KERN_EMU
 using DeviceGuard = c10::cuda::CUDAGuard;
-cudaStream_t current_stream() { return current_stream(); }
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 int device_index(const at::Tensor& t) { return t.device().index(); }
 // Device memory for outputs and scratch (the caching allocator: graph-safe, no sync).
 at::Tensor device_empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::empty(sizes, o); }
 // Zero-filled device memory: one memset on the current stream.
 at::Tensor device_zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::zeros(sizes, o); }
-// A cuBLAS call (through ATen) is one more launch on the stream.
-at::Tensor library_mm(const at::Tensor& a, const at::Tensor& b) { return at::mm(a, b); }
 // Where the host reads device data (and so waits for the stream).
 void host_sync_point() {}
 #define INT8KERN_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
@@ -88,7 +91,8 @@ void fill_epilogue(Int8GemmParams& p, const at::Tensor& row_absmax, const at::Te
   p.out_dtype = to_dtype(out_dtype);
   p.row_absmax = row_absmax.data_ptr<float>();
   p.col_absmax = col_absmax.data_ptr<float>();
-  p.bias = bias_f ? bias_f->data_ptr<float>() : nullptr;
+  p.bias = bias_f ? bias_f->data_ptr() : nullptr;
+  p.bias_dtype = bias_f ? to_dtype(bias_f->scalar_type()) : DType::Float32;
   p.add = add_e ? add_e->data_ptr() : nullptr;
   p.add_dtype = add_e ? to_dtype(add_e->scalar_type()) : p.out_dtype;
   p.ld_add = add_e ? row_stride(*add_e) : 0;
@@ -108,16 +112,70 @@ Int8GemmParams gemm_params(const at::Tensor& a, const at::Tensor& b, at::Tensor&
   return p;
 }
 
-// Split-K scratch for launch_int8_gemm's decode regime, zeroed on the current stream (a
-// memset node under graph capture). One per call, never shared: launches on other streams
-// could overlap with this one. Returned so that it outlives the launch call; the caching
-// allocator reuses the block only after the stream's queued work.
-at::Tensor attach_gemm_workspace(Int8GemmParams& p, const at::Tensor& like) {
-  const int64_t elems = int8_gemm_workspace_elems(p);
-  if (elems == 0) return at::Tensor();
-  auto ws = device_zeros({elems}, like.options().dtype(at::kInt));
-  p.workspace = ws.data_ptr<int32_t>();
-  return ws;
+// Scratch that the kernels find all zero and leave all zero: the split-K partial sums and
+// arrival counters of launch_int8_gemm, the outlier mask and arrival counter of
+// launch_quantize_rowwise. One buffer per (device, stream), zeroed once when it is allocated,
+// so no call pays a memset; two streams never share one (their launches may overlap). Grown
+// when a call needs more. Buffers are never freed: a CUDA graph captured with one keeps its
+// address, and a graph replayed on its capture stream runs in that stream's order. (A graph
+// replayed concurrently with eager calls on the stream it was captured on would share the
+// buffer: replay it on the stream it was captured on, as torch.cuda.graph does.)
+class ZeroWorkspaces {
+ public:
+  uint8_t* get(const at::Tensor& like, cudaStream_t stream, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& kept = buffers_[{device_index(like), stream}];
+    if (kept.empty() || kept.back().numel() < bytes) {
+      const int64_t grown = kept.empty() ? bytes : std::max(bytes, 2 * kept.back().numel());
+      kept.push_back(device_zeros({grown}, like.options().dtype(at::kByte)));
+    }
+    return kept.back().data_ptr<uint8_t>();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::pair<int, cudaStream_t>, std::vector<at::Tensor>> buffers_;
+};
+
+ZeroWorkspaces& zero_workspaces() {
+  static ZeroWorkspaces* w = new ZeroWorkspaces();  // never destroyed: no CUDA calls at exit
+  return *w;
+}
+
+constexpr int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// The zeroed scratch of one call on the current stream, carved from its stream's buffer: the
+// outlier bookkeeping (when mask_bytes > 0; a 16-byte counter slot, then the mask) and the
+// split-K workspace of p (when its plan splits; attached to p).
+struct CallWorkspace {
+  uint32_t* arrivals = nullptr;
+  uint8_t* mask = nullptr;
+};
+CallWorkspace attach_workspaces(const at::Tensor& like, cudaStream_t stream, int64_t mask_bytes,
+                                Int8GemmParams* p) {
+  const int64_t book_bytes = mask_bytes > 0 ? 16 + align16(mask_bytes) : 0;
+  const int64_t gemm_elems = p != nullptr ? int8_gemm_workspace_elems(*p) : 0;
+  CallWorkspace w;
+  if (book_bytes + gemm_elems == 0) return w;
+  uint8_t* base = zero_workspaces().get(like, stream, book_bytes + 4 * gemm_elems);
+  if (book_bytes > 0) {
+    w.arrivals = reinterpret_cast<uint32_t*>(base);
+    w.mask = base + 16;
+  }
+  if (gemm_elems > 0) p->workspace = reinterpret_cast<int32_t*>(base + book_bytes);
+  return w;
+}
+
+// The outlier bookkeeping of one quantize launch: the call's workspace, and the column list
+// (and count, at cols[K]) in the caller's int32 [K + 1] buffer.
+OutlierBookkeeping bookkeeping(const CallWorkspace& w, int32_t* cols, int64_t M, int64_t K) {
+  OutlierBookkeeping book;
+  book.mask = w.mask;
+  book.arrivals = w.arrivals;
+  book.cols = cols;
+  book.n_cols = cols + K;
+  book.zero_q = M <= kZeroOutliersInQuantizeMaxRows;
+  return book;
 }
 
 }  // namespace
@@ -136,23 +194,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_rowwise_cuda(const at::T
   auto q = device_empty({M, K}, x.options().dtype(at::kChar));
   auto row_absmax = device_empty({M}, x.options().dtype(at::kFloat));
   const bool find_outliers = threshold > 0.0;
-  auto mask = find_outliers ? device_zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
-  if (M > 0) {
+  if (!find_outliers || M == 0) {
     launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, row_stride(xc),
                             static_cast<float>(threshold), q.data_ptr<int8_t>(),
-                            row_absmax.data_ptr<float>(),
-                            find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
+                            row_absmax.data_ptr<float>(), OutlierBookkeeping{}, stream);
+    INT8KERN_LAUNCH_CHECK();
+    return {q, row_absmax, device_empty({0}, x.options().dtype(at::kLong))};
+  }
+  auto cols = device_empty({K + 1}, x.options().dtype(at::kInt));  // the list, then the count
+  const auto book = bookkeeping(attach_workspaces(x, stream, K, nullptr), cols.data_ptr<int32_t>(), M, K);
+  launch_quantize_rowwise(xc.data_ptr(), to_dtype(x.scalar_type()), M, K, row_stride(xc),
+                          static_cast<float>(threshold), q.data_ptr<int8_t>(),
+                          row_absmax.data_ptr<float>(), book, stream);
+  INT8KERN_LAUNCH_CHECK();
+  if (!book.zero_q) {
+    launch_zero_outlier_columns(q.data_ptr<int8_t>(), M, K, book.cols, book.n_cols, stream);
     INT8KERN_LAUNCH_CHECK();
   }
-  if (!find_outliers) return {q, row_absmax, device_empty({0}, x.options().dtype(at::kLong))};
-  // nonzero() reads the count on the host: the one sync of this first version.
+  // The op returns the columns as a tensor of their count: the host reads it (and so waits).
+  // int8_linear never does: its GEMM reads the count on the device.
   host_sync_point();
-  auto cols = mask.nonzero().squeeze(1);
-  if (cols.numel() > 0 && M > 0) {
-    launch_zero_columns(q.data_ptr<int8_t>(), M, K, cols.data_ptr<int64_t>(), cols.numel(), stream);
-    INT8KERN_LAUNCH_CHECK();
-  }
-  return {q, row_absmax, cols};
+  const int64_t n = cols[K].item<int32_t>();
+  return {q, row_absmax, cols.narrow(0, 0, n).to(at::kLong)};
 }
 
 at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
@@ -166,7 +229,7 @@ at::Tensor int8_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
   auto a = a_in.contiguous(), b = b_in.contiguous();
   auto p = gemm_params(a, b, out);
   p.out_int32 = true;
-  const auto ws = attach_gemm_workspace(p, a);
+  attach_workspaces(a, current_stream(), 0, &p);  // split-K scratch at decode sizes
   run_gemm(p, current_stream());
   return out;
 }
@@ -185,11 +248,11 @@ at::Tensor int8_scaled_matmul_cuda(const at::Tensor& a_in, const at::Tensor& b_i
   check_tensor_cores(op, a_in);
   auto a = a_in.contiguous(), b = b_in.contiguous();
   auto row_c = row_absmax.contiguous(), col_c = col_absmax.contiguous();
-  auto bias_f = bias_as_float(bias);
+  auto bias_f = bias_for_epilogue(bias, out_dtype);
   auto add_e = add_for_epilogue(add, out_dtype);
   auto p = gemm_params(a, b, out);
   fill_epilogue(p, row_c, col_c, bias_f, add_e, out_dtype);
-  const auto ws = attach_gemm_workspace(p, a);
+  attach_workspaces(a, current_stream(), 0, &p);  // split-K scratch at decode sizes
   run_gemm(p, current_stream());
   return out;
 }
@@ -217,15 +280,16 @@ at::Tensor dequantize_matmul_cuda(const at::Tensor& acc_in, const at::Tensor& ro
 }
 
 // The LLM.int8() forward with no host synchronisation, so that it can be captured in a CUDA
-// graph (a forward composed of the other ops would read the outlier count on the host):
-//   quantize (outlier byte mask) -> compact the mask into cols + n_cols on the device ->
-//   gather (zero q's outlier columns; x_out [M, CAP], w_out [N, CAP], zero-padded) ->
-//   add = x_out @ w_out.T (cuBLAS, fixed shapes, x's dtype) -> spill (only if n > CAP: the
-//   whole outlier product recomputed on CUDA cores and rounded once, overwriting add) ->
-//   int8 GEMM with the dequantize epilogue, add and bias applied in float32, rounded once.
-// CAP = kOutlierCapacity (csrc/outlier_capacity.h). Everything is allocated with at::empty /
-// at::zeros on x's device (the caching allocator is graph-safe); no count ever reaches the
-// host. threshold <= 0: the quantize kernel and the GEMM only.
+// graph (a forward composed of the other ops would read the outlier count on the host), in two
+// launches for up to kZeroOutliersInQuantizeMaxRows rows:
+//   1. quantize x with the outlier bookkeeping fused: q, row_absmax, and (threshold > 0) the
+//      ascending outlier column list and its count on the device, q's outlier columns zeroed
+//      (for more rows, one more launch zeroes them on the whole GPU);
+//   2. the int8 GEMM (split-K at decode sizes) whose epilogue dequantizes, adds the bias and
+//      adds the outlier product, summed in float64 from x and the int8 weight (the contract of
+//      int8kern.reference: the same bits as the CPU kernels and the reference).
+// No memset (the workspaces are cached per stream and left zero by the kernels), no library
+// call, no host sync; two allocations from the caching allocator (y and one scratch block).
 at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& weight_absmax, const c10::optional<at::Tensor>& bias,
                             double threshold) {
@@ -239,67 +303,53 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
   const int64_t M = x2.size(0);
   auto y = device_empty({M, N}, x.options());
   if (M == 0 || N == 0) return y.view(out_shape);
-  const DeviceProps& dev = check_tensor_cores(op, x);
+  check_tensor_cores(op, x);
   const auto stream = current_stream();
   const auto w = weight.contiguous();
   const auto w_absmax = weight_absmax.contiguous();
-  const DType dtype = to_dtype(x.scalar_type());
-
-  auto q = device_empty({M, K}, x.options().dtype(at::kChar));
-  auto row_absmax = device_empty({M}, x.options().dtype(at::kFloat));
+  const auto bias_e = bias_for_epilogue(bias, x.scalar_type());
   const bool find_outliers = threshold > 0.0;
-  auto mask = find_outliers ? device_zeros({K}, x.options().dtype(at::kByte)) : at::Tensor();
-  launch_quantize_rowwise(x2.data_ptr(), dtype, M, K, row_stride(x2), static_cast<float>(threshold),
-                          q.data_ptr<int8_t>(), row_absmax.data_ptr<float>(),
-                          find_outliers ? mask.data_ptr<uint8_t>() : nullptr, stream);
+
+  // One scratch block: q [M, K] int8, row_absmax [M] float32, the outlier list int32 [K + 1].
+  const int64_t q_bytes = align16(M * K), absmax_bytes = align16(4 * M);
+  auto scratch = device_empty({q_bytes + absmax_bytes + (find_outliers ? 4 * (K + 1) : 0)},
+                              x.options().dtype(at::kByte));
+  int8_t* q = reinterpret_cast<int8_t*>(scratch.data_ptr<uint8_t>());
+  float* row_absmax = reinterpret_cast<float*>(scratch.data_ptr<uint8_t>() + q_bytes);
+  int32_t* cols = reinterpret_cast<int32_t*>(scratch.data_ptr<uint8_t>() + q_bytes + absmax_bytes);
+
+  Int8GemmParams gp;
+  gp.a = q;
+  gp.b = w.data_ptr<int8_t>();
+  gp.M = M;
+  gp.N = N;
+  gp.K = K;
+  gp.lda = K;
+  gp.ldb = row_stride(w);
+  gp.out = y.data_ptr();
+  gp.ldo = N;
+  gp.out_int32 = false;
+  gp.out_dtype = to_dtype(x.scalar_type());
+  gp.row_absmax = row_absmax;
+  gp.col_absmax = w_absmax.data_ptr<float>();
+  gp.bias = bias_e ? bias_e->data_ptr() : nullptr;
+  gp.bias_dtype = bias_e ? to_dtype(bias_e->scalar_type()) : DType::Float32;
+  const CallWorkspace ws = attach_workspaces(x, stream, find_outliers ? K : 0, &gp);
+  const OutlierBookkeeping book = find_outliers ? bookkeeping(ws, cols, M, K) : OutlierBookkeeping{};
+
+  launch_quantize_rowwise(x2.data_ptr(), gp.out_dtype, M, K, row_stride(x2),
+                          static_cast<float>(threshold), q, row_absmax, book, stream);
   INT8KERN_LAUNCH_CHECK();
-
-  c10::optional<at::Tensor> add;
   if (find_outliers) {
-    auto cols = device_empty({K}, x.options().dtype(at::kInt));
-    auto n_cols = device_empty({}, x.options().dtype(at::kInt));
-    launch_compact_columns(mask.data_ptr<uint8_t>(), K, cols.data_ptr<int32_t>(),
-                           n_cols.data_ptr<int32_t>(), stream);
-    INT8KERN_LAUNCH_CHECK();
-
-    auto x_out = device_empty({M, kOutlierCapacity}, x.options());
-    auto w_out = device_empty({N, kOutlierCapacity}, x.options());
-    OutlierParams p;
-    p.dtype = dtype;
-    p.x = x2.data_ptr();
-    p.M = M;
-    p.K = K;
-    p.ldx = row_stride(x2);
-    p.q = q.data_ptr<int8_t>();
-    p.weight = w.data_ptr<int8_t>();
-    p.N = N;
-    p.ldw = row_stride(w);
-    p.weight_absmax = w_absmax.data_ptr<float>();
-    p.cols = cols.data_ptr<int32_t>();
-    p.n_cols = n_cols.data_ptr<int32_t>();
-    p.x_out = x_out.data_ptr();
-    p.w_out = w_out.data_ptr();
-    launch_gather_outliers(p, stream);
-    INT8KERN_LAUNCH_CHECK();
-
-    // In x's dtype, as the reference's outlier product; zero columns past the count add 0.
-    // float32 in float64: at::mm of float32 follows torch's global TF32 switch, which would
-    // drop 13 mantissa bits of the largest terms; in float64 the products are exact and the
-    // sum is rounded to float32 once, as the CPU epilogue does, whatever that switch says.
-    auto product = dtype == DType::Float32
-                       ? library_mm(x_out.to(at::kDouble), w_out.to(at::kDouble).t()).to(at::kFloat)
-                       : library_mm(x_out, w_out.t()).contiguous();
-    p.add = product.data_ptr();
-    p.ld_add = row_stride(product);
-    launch_outlier_spill(p, 2 * dev.sms, stream);
-    INT8KERN_LAUNCH_CHECK();
-    add = product;
+    if (!book.zero_q) {
+      launch_zero_outlier_columns(q, M, K, book.cols, book.n_cols, stream);
+      INT8KERN_LAUNCH_CHECK();
+    }
+    gp.outlier_x = x2.data_ptr();
+    gp.ld_outlier_x = row_stride(x2);
+    gp.outlier_cols = book.cols;
+    gp.n_outlier_cols = book.n_cols;
   }
-
-  auto bias_f = bias_as_float(bias);
-  auto gp = gemm_params(q, w, y);
-  fill_epilogue(gp, row_absmax, w_absmax, bias_f, add, x.scalar_type());
-  const auto ws = attach_gemm_workspace(gp, q);  // split-K scratch at decode sizes
   run_gemm(gp, stream);
   return y.view(out_shape);
 }

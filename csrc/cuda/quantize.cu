@@ -1,5 +1,7 @@
-// Row-wise absmax int8 quantization with outlier-column detection (LLM.int8() step 1), and
-// the column-zeroing pass that follows once the outlier mask has been compacted.
+// Row-wise absmax int8 quantization fused with the outlier bookkeeping (LLM.int8() step 1): one
+// launch quantizes the rows, marks the outlier columns, and its last block turns the marks into
+// the ascending column list the GEMM's outlier epilogue reads, zeroes q's outlier columns and
+// leaves its workspace zero; plus the grid-wide column zeroing for many rows.
 // Spec: csrc/cuda/launchers.h and common.cuh (numerics).
 #include <cstring>
 
@@ -75,6 +77,107 @@ INT8KERN_D void quantize_unit(const typename U::Raw& raw, float scale, int8_t* q
   U::store_q(qrow, u, qv);
 }
 
+// ---- the outlier list, built by the last block of the quantize launch ----
+//
+// Every block marks the outlier columns of its rows in the byte mask (book.mask, in global
+// memory), then counts itself in book.arrivals. The block that arrives last sees every mark (the
+// threadFenceReduction pattern: each thread's stores, a fence, the counter) and
+//   * compacts the mask into book.cols (ascending, as nonzero() gives it) and *book.n_cols,
+//     clearing the marks as it reads them;
+//   * with book.zero_q, zeroes q's outlier columns in every row (M * n bytes: cheap for the
+//     few rows of decode; many rows use launch_zero_outlier_columns, the whole GPU);
+//   * puts the counter back to 0.
+// So the mask and the counter are zero after the launch as before it, and the next launch on the
+// stream reuses them without a memset. No host ever reads the count.
+
+// Block-wide compaction: kThreads threads walk the mask in chunks of kThreads * 16 bytes; each
+// thread turns its 16 bytes into a bit set, a block-wide exclusive scan of the popcounts (warp
+// shuffles, then one warp over the warp totals) gives where its columns go, and thread order =
+// column order. Returns the count (the same in every thread). K <= 131071 (checks.h kMaxK).
+template <int kThreads>
+INT8KERN_D int32_t compact_and_clear_mask(uint8_t* mask, int64_t K, int32_t* cols) {
+  constexpr int kItems = 16;
+  constexpr int kWarps = kThreads / 32;
+  static_assert(kThreads % 32 == 0 && kWarps <= 32, "one warp scans the warp totals");
+  __shared__ int32_t warp_incl[kWarps];  // inclusive scan of the warp totals
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32, warp = tid / 32;
+  int32_t base = 0;  // columns found in earlier chunks
+  for (int64_t chunk = 0; chunk < K; chunk += static_cast<int64_t>(kThreads) * kItems) {
+    const int64_t first = chunk + static_cast<int64_t>(tid) * kItems;
+    uint32_t bits = 0;
+    // Written by other blocks: read from L2 (.cg), never from a stale L1 line.
+    if (first + kItems <= K && is_aligned(mask + first, 16)) {
+      const uint4 v = __ldcg(reinterpret_cast<const uint4*>(mask + first));
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int i = 0; i < kItems; ++i)
+        if ((w[i / 4] >> (8 * (i % 4))) & 0xffu) bits |= 1u << i;
+    } else {
+#pragma unroll
+      for (int i = 0; i < kItems; ++i)
+        if (first + i < K && __ldcg(mask + first + i) != 0) bits |= 1u << i;
+    }
+    const int count = __popc(bits);
+    int incl = count;  // inclusive scan within the warp
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += v;
+    }
+    if (lane == 31) warp_incl[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int t = lane < kWarps ? warp_incl[lane] : 0;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, t, off);
+        if (lane >= off) t += v;
+      }
+      if (lane < kWarps) warp_incl[lane] = t;  // each lane rewrites only its own entry
+    }
+    __syncthreads();
+    int32_t pos = base + (warp > 0 ? warp_incl[warp - 1] : 0) + incl - count;
+    while (bits != 0u) {
+      const int i = __ffs(static_cast<int>(bits)) - 1;
+      bits &= bits - 1u;
+      cols[pos++] = static_cast<int32_t>(first + i);
+#ifndef INT8KERN_PLANT_OUTLIER_MASK_NOT_CLEARED  // test plant for tests/test_emu_selftest.py; never defined in a normal build
+      mask[first + i] = 0;  // left zero for the next launch
+#endif
+    }
+    base += warp_incl[kWarps - 1];
+    __syncthreads();  // warp_incl is rewritten by the next chunk
+  }
+  return base;
+}
+
+template <int kThreads>
+INT8KERN_D void finish_outlier_list(const OutlierBookkeeping& book, int8_t* q, int64_t M, int64_t K) {
+  __shared__ int s_last;
+  const int tid = static_cast<int>(threadIdx.x);
+  // Release: this thread's mask marks and q stores are visible device-wide before thread 0
+  // counts the block in.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    const unsigned arrived = atomicAdd(book.arrivals, 1u);
+    s_last = arrived == gridDim.x - 1 ? 1 : 0;
+    if (s_last) __threadfence();  // acquire: pairs with the other blocks' fences
+  }
+  __syncthreads();
+  if (s_last == 0) return;  // block-uniform
+  const int32_t n = compact_and_clear_mask<kThreads>(book.mask, K, book.cols);
+  __syncthreads();  // book.cols (global, this block's stores) visible to the whole block
+  if (book.zero_q) {
+    for (int64_t e = tid; e < M * n; e += kThreads) q[(e / n) * K + book.cols[e % n]] = 0;
+  }
+  if (tid == 0) {
+    *book.n_cols = n;
+    *book.arrivals = 0u;  // every block has arrived: nothing else touches it in this launch
+  }
+}
+
 // quantize_rowwise_kernel
 //   A "group" of kGroup threads owns one row at a time (kGroup = 32: one warp per row,
 //   kRowsPerBlock = 8 rows per 256-thread block, for short rows; kGroup = 256: one block per
@@ -92,7 +195,7 @@ template <typename T, bool kVec, int kGroup, int kRowsPerBlock, int kCache>
 __global__ void __launch_bounds__(kGroup* kRowsPerBlock, 1)
     quantize_rowwise_kernel(const T* __restrict__ x, int64_t M, int64_t K, int64_t ldx,
                             float threshold, int8_t* __restrict__ q,
-                            float* __restrict__ row_absmax, uint8_t* __restrict__ outlier_mask) {
+                            float* __restrict__ row_absmax, const OutlierBookkeeping book) {
   static_assert(kGroup % 32 == 0, "a group is whole warps");
   // Block-wide groups use __syncthreads: every thread of the block must see the same row
   // count, which holds only with one group per block.
@@ -111,6 +214,7 @@ __global__ void __launch_bounds__(kGroup* kRowsPerBlock, 1)
   const uint32_t threshold_bits = __float_as_uint(threshold);
   const bool use_threshold = static_cast<int32_t>(threshold_bits) > 0;
   const bool cached = units <= static_cast<int64_t>(kGroup) * kCache;
+  uint8_t* const outlier_mask = book.mask;
 
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + group; row < M;
        row += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
@@ -174,30 +278,32 @@ __global__ void __launch_bounds__(kGroup* kRowsPerBlock, 1)
       for (int64_t u = tid; u < units; u += kGroup) quantize_unit<U>(U::load(xrow, u), scale, qrow, u);
     }
   }
+
+  if (outlier_mask != nullptr) finish_outlier_list<kGroup * kRowsPerBlock>(book, q, M, K);
 }
 
 template <typename T, bool kVec, int kCache>
 void launch_quantize_variant(const T* x, int64_t M, int64_t K, int64_t ldx, float threshold,
-                             int8_t* q, float* row_absmax, uint8_t* outlier_mask,
+                             int8_t* q, float* row_absmax, const OutlierBookkeeping& book,
                              cudaStream_t stream) {
   constexpr int E = RowUnit<T, kVec>::kElems;
   const int64_t units = K / E;
   if (units <= 32 * kCache) {
     constexpr int kRows = 8;  // 8 warps, one row each
     const int64_t grid = min_of(ceil_div<int64_t>(M, kRows), kMaxGridX);
-    INT8KERN_LAUNCH(static_cast<unsigned>(grid), 32 * kRows, 0, stream, quantize_rowwise_kernel<T, kVec, 32, kRows, kCache>)(x, M, K, ldx, threshold, q,
-                                                                 row_absmax, outlier_mask);
+    INT8KERN_LAUNCH(static_cast<unsigned>(grid), 32 * kRows, 0, stream,
+                    quantize_rowwise_kernel<T, kVec, 32, kRows, kCache>)(x, M, K, ldx, threshold, q, row_absmax, book);
   } else {
     constexpr int kThreads = 256;  // one block per row
     const int64_t grid = min_of(M, kMaxGridX);
-    INT8KERN_LAUNCH(static_cast<unsigned>(grid), kThreads, 0, stream, quantize_rowwise_kernel<T, kVec, kThreads, 1, kCache>)(x, M, K, ldx, threshold, q,
-                                                               row_absmax, outlier_mask);
+    INT8KERN_LAUNCH(static_cast<unsigned>(grid), kThreads, 0, stream,
+                    quantize_rowwise_kernel<T, kVec, kThreads, 1, kCache>)(x, M, K, ldx, threshold, q, row_absmax, book);
   }
 }
 
 template <typename T>
 void launch_quantize_typed(const void* xv, int64_t M, int64_t K, int64_t ldx, float threshold,
-                           int8_t* q, float* row_absmax, uint8_t* outlier_mask,
+                           int8_t* q, float* row_absmax, const OutlierBookkeeping& book,
                            cudaStream_t stream) {
   const T* x = static_cast<const T*>(xv);
   constexpr int64_t E = 16 / sizeof(T);
@@ -208,28 +314,24 @@ void launch_quantize_typed(const void* xv, int64_t M, int64_t K, int64_t ldx, fl
   if (vec) {
     // 8 x 16 B cached per thread: rows up to 256 units per warp / 2048 per block
     // (f32: 1024 / 8192 elements, f16/bf16: 2048 / 16384) are read once.
-    launch_quantize_variant<T, true, 8>(x, M, K, ldx, threshold, q, row_absmax, outlier_mask,
-                                        stream);
+    launch_quantize_variant<T, true, 8>(x, M, K, ldx, threshold, q, row_absmax, book, stream);
   } else {
     // 16 elements cached per thread: rows up to 512 (warp) / 4096 (block) elements.
-    launch_quantize_variant<T, false, 16>(x, M, K, ldx, threshold, q, row_absmax, outlier_mask,
-                                          stream);
+    launch_quantize_variant<T, false, 16>(x, M, K, ldx, threshold, q, row_absmax, book, stream);
   }
 }
 
-// zero_columns_kernel: block (32, 8); threadIdx.y picks one of 8 rows, threadIdx.x strides
-// over the column list; rows by grid-stride loop. Writes M * n_cols bytes, reads the column
-// list (cached in L1/L2) once per row.
+// zero_outlier_columns_kernel: block (32, 8); threadIdx.y picks one of 8 rows, threadIdx.x
+// strides over the column list; rows by grid-stride loop. Writes M * n bytes, reads the column
+// list (cached in L1/L2) once per row; the count is read on the device.
 __global__ void __launch_bounds__(256)
-    zero_columns_kernel(int8_t* __restrict__ q, int64_t M, int64_t K,
-                        const int64_t* __restrict__ cols, int64_t n_cols) {
+    zero_outlier_columns_kernel(int8_t* __restrict__ q, int64_t M, int64_t K,
+                                const int32_t* __restrict__ cols, const int32_t* __restrict__ n_cols) {
+  const int n = *n_cols;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; r < M;
        r += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     int8_t* qrow = q + r * K;
-    for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) {
-      const int64_t col = cols[c];
-      if (col >= 0 && col < K) qrow[col] = 0;  // defensive: host validated the indices
-    }
+    for (int c = threadIdx.x; c < n; c += blockDim.x) qrow[cols[c]] = 0;
   }
 }
 
@@ -237,29 +339,28 @@ __global__ void __launch_bounds__(256)
 
 void launch_quantize_rowwise(const void* x, DType x_dtype, int64_t M, int64_t K, int64_t ldx,
                              float threshold, int8_t* q, float* row_absmax,
-                             uint8_t* outlier_mask, cudaStream_t stream) {
-  // K == 0 still launches: every row_absmax becomes 0.
+                             const OutlierBookkeeping& book, cudaStream_t stream) {
+  // K == 0 still launches: every row_absmax becomes 0 (and the outlier count 0).
   if (M <= 0 || K < 0) return;
   switch (x_dtype) {
     case DType::Float16:
-      launch_quantize_typed<__half>(x, M, K, ldx, threshold, q, row_absmax, outlier_mask, stream);
+      launch_quantize_typed<__half>(x, M, K, ldx, threshold, q, row_absmax, book, stream);
       break;
     case DType::BFloat16:
-      launch_quantize_typed<__nv_bfloat16>(x, M, K, ldx, threshold, q, row_absmax, outlier_mask,
-                                           stream);
+      launch_quantize_typed<__nv_bfloat16>(x, M, K, ldx, threshold, q, row_absmax, book, stream);
       break;
     default:
-      launch_quantize_typed<float>(x, M, K, ldx, threshold, q, row_absmax, outlier_mask, stream);
+      launch_quantize_typed<float>(x, M, K, ldx, threshold, q, row_absmax, book, stream);
       break;
   }
 }
 
-void launch_zero_columns(int8_t* q, int64_t M, int64_t K, const int64_t* cols, int64_t n_cols,
-                         cudaStream_t stream) {
-  if (M <= 0 || K <= 0 || n_cols <= 0) return;
+void launch_zero_outlier_columns(int8_t* q, int64_t M, int64_t K, const int32_t* cols,
+                                 const int32_t* n_cols, cudaStream_t stream) {
+  if (M <= 0 || K <= 0) return;
   const dim3 block(32, 8);
   const int64_t grid = min_of(ceil_div<int64_t>(M, 8), kMaxGridX);
-  INT8KERN_LAUNCH(static_cast<unsigned>(grid), block, 0, stream, zero_columns_kernel)(q, M, K, cols, n_cols);
+  INT8KERN_LAUNCH(static_cast<unsigned>(grid), block, 0, stream, zero_outlier_columns_kernel)(q, M, K, cols, n_cols);
 }
 
 }  // namespace cuda

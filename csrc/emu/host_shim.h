@@ -31,10 +31,6 @@ at::Tensor device_zeros(at::IntArrayRef sizes, const at::TensorOptions& o) {
   emu::count_memset();
   return at::zeros(sizes, o);
 }
-at::Tensor library_mm(const at::Tensor& a, const at::Tensor& b) {
-  emu::count_library_call();
-  return at::mm(a, b);
-}
 void host_sync_point() { emu::count_host_sync(); }
 
 [[noreturn]] void launch_failed(const char* file, int line, int code, const std::string& report) {

@@ -561,7 +561,9 @@ static void test_wgmma_routing(bool sm90) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Quantize + zero_columns against the CPU.
+// Quantize with the fused outlier bookkeeping against the CPU: q (outlier columns zeroed by the
+// launch's last block, or by launch_zero_outlier_columns for many rows), row absmax, the
+// ascending column list and count; launched twice on one workspace, which must be left zero.
 // ---------------------------------------------------------------------------------------
 static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_off, float threshold) {
   char what[200];
@@ -589,34 +591,57 @@ static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_o
   dx.up(xb);
   DevBuf<int8_t> dq(M * K);
   DevBuf<float> dam(M);
-  DevBuf<uint8_t> dmask(K);
-  CK(cudaMemset(dmask.p, 0, K));
-  launch_quantize_rowwise(dx.p + (size_t)elem_off * dtype_size(d), d, M, K, ldx, threshold, dq.p, dam.p,
-                          dmask.p, 0);
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  const auto q = dq.down();
+  // Workspace as ops_cuda.cpp carves it: a 16-byte counter slot, then the mask; zeroed once.
+  DevBuf<uint8_t> dws(16 + K);
+  CK(cudaMemset(dws.p, 0, 16 + K));
+  DevBuf<int32_t> dcols(K + 1);
+  const bool outliers = threshold > 0.0f;
+  OutlierBookkeeping book;
+  if (outliers) {
+    book.arrivals = reinterpret_cast<uint32_t*>(dws.p);
+    book.mask = dws.p + 16;
+    book.cols = dcols.p;
+    book.n_cols = dcols.p + K;
+    book.zero_q = M <= kZeroOutliersInQuantizeMaxRows;
+  }
+  std::vector<std::vector<int8_t>> qs;
+  for (int launch = 0; launch < 2; ++launch) {
+    CK(cudaMemset(dcols.p, 0xff, (K + 1) * 4));
+    CK(cudaMemset(dq.p, 0x55, M * K));  // whatever the quantize does not write shows
+    launch_quantize_rowwise(dx.p + (size_t)elem_off * dtype_size(d), d, M, K, ldx, threshold, dq.p, dam.p,
+                            book, 0);
+    if (outliers && !book.zero_q) launch_zero_outlier_columns(dq.p, M, K, book.cols, book.n_cols, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    qs.push_back(dq.down());
+  }
+  const auto& q = qs[1];
   const auto am = dam.down();
-  const auto mask = dmask.down();
+  const auto cols = dcols.down();
+  const auto ws = dws.down();
   // CPU reference.
   std::vector<uint8_t> rmask(K, 0);
-  int64_t bad = 0;
+  int64_t bad = qs[0] == qs[1] ? 0 : 1;
+  if (bad) std::printf("   the two launches differ\n");
   for (int64_t i = 0; i < M; ++i) {
     float m = 0.0f;
     for (int64_t k = 0; k < K; ++k) {
       const float a = std::fabs(xv[i * ldx + k]);
-      if (threshold > 0.0f && a >= threshold && std::isfinite(a)) { rmask[k] = 1; continue; }
+      if (outliers && a >= threshold && std::isfinite(a)) { rmask[k] = 1; continue; }
       if (a > m || std::isnan(a)) m = a;
     }
-    const float scale = m > 0.0f ? 127.0f / m : 0.0f;
     if (!same_float(am[i], m)) {
       if (bad < 5) std::printf("   absmax row %lld: got %g want %g\n", (long long)i, am[i], m);
       ++bad;
     }
+  }
+  for (int64_t i = 0; i < M; ++i) {
+    const float m = am[i];
+    const float scale = m > 0.0f && !std::isnan(m) && !std::isinf(m) ? 127.0f / m : 0.0f;
     for (int64_t k = 0; k < K; ++k) {
       const float pv = xv[i * ldx + k] * scale;
       int8_t want = 0;
-      if (!std::isnan(pv)) want = (int8_t)std::min(127.0f, std::max(-127.0f, std::nearbyint(pv)));
+      if (!std::isnan(pv) && !rmask[k]) want = (int8_t)std::min(127.0f, std::max(-127.0f, std::nearbyint(pv)));
       if (q[i * K + k] != want) {
         if (bad < 5) std::printf("   q(%lld, %lld): got %d want %d (x=%g)\n", (long long)i, (long long)k,
                                  q[i * K + k], want, xv[i * ldx + k]);
@@ -624,130 +649,108 @@ static void test_quantize(DType d, int64_t M, int64_t K, int64_t ldx, int elem_o
       }
     }
   }
-  for (int64_t k = 0; k < K; ++k) bad += mask[k] != rmask[k];
+  if (outliers) {
+    std::vector<int32_t> want_cols;
+    for (int64_t k = 0; k < K; ++k) if (rmask[k]) want_cols.push_back((int32_t)k);
+    if (cols[K] != (int32_t)want_cols.size()) {
+      std::printf("   n_cols: got %d want %zu\n", cols[K], want_cols.size());
+      ++bad;
+    } else {
+      for (size_t c = 0; c < want_cols.size(); ++c) bad += cols[c] != want_cols[c];
+    }
+    for (auto b : ws) bad += b != 0;  // mask and counter left zero
+    std::snprintf(what + std::strlen(what), sizeof(what) - std::strlen(what), " n_cols=%zu%s", want_cols.size(),
+                  book.zero_q ? "" : " (zero kernel)");
+  }
   report(bad == 0, what);
-
-  // zero_columns on the same q: the outlier columns plus a few fixed ones.
-  std::vector<int64_t> cols;
-  for (int64_t k = 0; k < K; ++k) if (rmask[k] || k % 97 == 3) cols.push_back(k);
-  DevBuf<int64_t> dcols(cols.size());
-  dcols.up(cols);
-  launch_zero_columns(dq.p, M, K, dcols.p, (int64_t)cols.size(), 0);
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  auto want = q;
-  for (int64_t i = 0; i < M; ++i) for (int64_t c : cols) want[i * K + c] = 0;
-  std::snprintf(what, sizeof(what), "zero_columns M=%lld K=%lld n_cols=%zu", (long long)M, (long long)K, cols.size());
-  report(dq.down() == want, what);
 }
 
 // ---------------------------------------------------------------------------------------
-// The sync-free int8_linear's outlier path (outliers.cu): compaction of the mask, gather, spill,
-// against the CPU, all exact (the spill's float64 sum included).
+// The GEMM's outlier epilogue (LLM.int8()'s 16-bit half, summed in float64 in the epilogue)
+// against the CPU, bit for bit: ((float(acc) * rs) * cs + bias) + float(T(float(sum))), the
+// sum of the exact products double(x[i, c]) * double(T(float(w[j, c]) * cs)) in float64,
+// columns ascending. n_out random columns; x and the weight rows padded (ldx, ld > K).
 // ---------------------------------------------------------------------------------------
-// n_out distinct random outlier columns of K; mask_off moves the mask off 16-byte alignment
-// (the compaction's byte path). Rows of x and of the weight are padded (ldx, ldw > K).
-static void test_outliers(DType d, int64_t M, int64_t N, int64_t K, int64_t n_out, int mask_off) {
-  constexpr int CAP = int8kern::kOutlierCapacity;
+static void test_outlier_epilogue(DType d, int64_t M, int64_t N, int64_t K, int64_t n_out, bool bias_in_d,
+                                  bool aligned) {
   char what[200];
-  std::snprintf(what, sizeof(what), "outliers %s M=%lld N=%lld K=%lld n_out=%lld mask_off=%d", dname(d),
-                (long long)M, (long long)N, (long long)K, (long long)n_out, mask_off);
-  const int64_t ldx = K + 3, ldw = K + 1;
-  std::vector<int64_t> perm(K);
-  for (int64_t k = 0; k < K; ++k) perm[k] = k;
+  std::snprintf(what, sizeof(what), "outlier epilogue %s M=%lld N=%lld K=%lld n_out=%lld bias=%s%s", dname(d),
+                (long long)M, (long long)N, (long long)K, (long long)n_out, bias_in_d ? dname(d) : "f32",
+                aligned ? " aligned" : "");
+  const int64_t ld = aligned ? (K + 15) / 16 * 16 : K + 1, ldx = K + 3, ldo = N + 2;
+  std::vector<int32_t> perm(K);
+  for (int64_t k = 0; k < K; ++k) perm[k] = (int32_t)k;
   std::shuffle(perm.begin(), perm.end(), g_rng);
-  std::vector<uint8_t> hmask(K + mask_off, 0);
-  for (int64_t i = 0; i < n_out; ++i) hmask[mask_off + perm[i]] = 1;
-  std::vector<int32_t> want_cols;
-  for (int64_t k = 0; k < K; ++k) if (hmask[mask_off + k]) want_cols.push_back((int32_t)k);
-  const int64_t n = (int64_t)want_cols.size(), n_cap = std::min<int64_t>(n, CAP);
+  std::vector<int32_t> cols(perm.begin(), perm.begin() + n_out);
+  std::sort(cols.begin(), cols.end());
+  cols.push_back((int32_t)n_out);  // the count, after the list (as ops_cuda.cpp keeps it)
 
   std::normal_distribution<float> dn(0.0f, 4.0f);
-  std::uniform_int_distribution<int> di(-127, 127), dq(1, 127);
-  std::uniform_real_distribution<float> da(0.5f, 2.0f);
-  std::vector<float> x((M - 1) * ldx + K);
+  std::uniform_int_distribution<int> di(-127, 127);
+  std::uniform_real_distribution<float> da(0.5f, 2.0f), db(-3.0f, 3.0f);
+  std::vector<int8_t> ha(M * ld), hb(N * ld);
+  for (auto& v : ha) v = (int8_t)di(g_rng);
+  for (auto& v : hb) v = (int8_t)di(g_rng);
+  std::vector<float> x(M * ldx), ra(M), ca(N), bias(N);
   for (auto& v : x) v = round_to(d, dn(g_rng));
-  std::vector<int8_t> w((N - 1) * ldw + K), q(M * K);
-  for (auto& v : w) v = (int8_t)di(g_rng);
-  for (auto& v : q) v = (int8_t)dq(g_rng);  // nonzero: zeroing shows
-  std::vector<float> absmax(N);
-  for (auto& v : absmax) v = da(g_rng);
+  for (auto& v : ra) v = da(g_rng);
+  for (auto& v : ca) v = da(g_rng);
+  const DType bias_d = bias_in_d ? d : DType::Float32;
+  for (auto& v : bias) v = round_to(bias_d, db(g_rng));
 
-  const int s = dtype_size(d);
-  DevBuf<uint8_t> dmask(hmask.size()), dx(x.size() * s), dxo(M * CAP * s), dwo(N * CAP * s), dadd(M * N * s);
-  DevBuf<int8_t> dw(w.size()), dqv(q.size());
-  DevBuf<float> dabs(N);
-  DevBuf<int32_t> dcols(K), dn_cols(1);
-  dmask.up(hmask);
-  dx.up(encode(d, x));
-  dw.up(w);
-  dqv.up(q);
-  dabs.up(absmax);
-  CK(cudaMemset(dcols.p, 0xff, K * 4));
-  CK(cudaMemset(dadd.p, 0x5a, M * N * s));  // sentinel: the spill writes only when n > CAP
+  const int os = dtype_size(d);
+  DevBuf<int8_t> dA(ha.size()), dB(hb.size());
+  dA.up(ha);
+  dB.up(hb);
+  DevBuf<float> dra(M), dca(N);
+  dra.up(ra);
+  dca.up(ca);
+  const auto xb = encode(d, x), biasb = encode(bias_d, bias);
+  DevBuf<uint8_t> dx(xb.size()), dbias(biasb.size()), dout(M * ldo * os);
+  dx.up(xb);
+  dbias.up(biasb);
+  DevBuf<int32_t> dcols(cols.size()), dacc(M * N);
+  dcols.up(cols);
 
-  OutlierParams p;
-  p.dtype = d;
-  p.x = dx.p; p.M = M; p.K = K; p.ldx = ldx;
-  p.q = dqv.p;
-  p.weight = dw.p; p.N = N; p.ldw = ldw;
-  p.weight_absmax = dabs.p;
-  p.cols = dcols.p; p.n_cols = dn_cols.p;
-  p.x_out = dxo.p; p.w_out = dwo.p;
-  p.add = dadd.p; p.ld_add = N;
-  launch_compact_columns(dmask.p + mask_off, K, dcols.p, dn_cols.p, 0);
-  launch_gather_outliers(p, 0);
-  launch_outlier_spill(p, 3, 0);  // a tiny grid: the tile loop strides
+  Int8GemmParams p;
+  p.a = dA.p; p.b = dB.p; p.M = M; p.N = N; p.K = K; p.lda = ld; p.ldb = ld;
+  p.out = dacc.p; p.ldo = N; p.out_int32 = true;
+  const Workspace ws(p);
+  ws.attach(p);
+  if (ws.elems > 0) std::strncat(what, " split-K", sizeof(what) - std::strlen(what) - 1);
+  launch_int8_gemm(p, 0);  // the int32 product, verified by the int32 tests
+  p.out = dout.p; p.ldo = ldo; p.out_int32 = false; p.out_dtype = d;
+  p.row_absmax = dra.p; p.col_absmax = dca.p; p.bias = dbias.p; p.bias_dtype = bias_d;
+  p.outlier_x = dx.p; p.ld_outlier_x = ldx; p.outlier_cols = dcols.p; p.n_outlier_cols = dcols.p + n_out;
+  CK(cudaMemset(dout.p, 0x77, M * ldo * os));
+  launch_int8_gemm(p, 0);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
-
-  int64_t bad = 0;
-  const auto got_n = dn_cols.down();
-  const auto got_cols = dcols.down();
-  if (got_n[0] != n) {
-    std::printf("   n_cols: got %d want %lld\n", got_n[0], (long long)n);
-    ++bad;
-  }
-  for (int64_t c = 0; c < n && bad == 0; ++c) bad += got_cols[c] != want_cols[c];
-  if (bad) { report(false, what); return; }
-
-  auto want_q = q;
-  for (int64_t i = 0; i < M; ++i) for (int32_t c : want_cols) want_q[i * K + c] = 0;
-  bad += dqv.down() != want_q;
-  const auto xo = dxo.down(), wo = dwo.down();
-  std::vector<float> w_deq(N * n);  // the reference's formula, rounded to d
-  for (int64_t j = 0; j < N; ++j)
-    for (int64_t c = 0; c < n; ++c)
-      w_deq[j * n + c] = round_to(d, (float)w[j * ldw + want_cols[c]] * (absmax[j] / 127.0f));
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t c = 0; c < CAP; ++c) {
-      const float want = c < n_cap ? x[i * ldx + want_cols[c]] : 0.0f;
-      if (!same_float(decode(d, &xo[(i * CAP + c) * s]), want)) ++bad;
-    }
-  for (int64_t j = 0; j < N; ++j)
-    for (int64_t c = 0; c < CAP; ++c) {
-      const float want = c < n_cap ? w_deq[j * n + c] : 0.0f;
-      if (!same_float(decode(d, &wo[(j * CAP + c) * s]), want)) ++bad;
-    }
-  const auto add = dadd.down();
-  if (n <= CAP) {
-    for (auto b : add) bad += b != 0x5a;
-  } else {
-    // The spill sums the exact float64 products in float64, columns ascending, and rounds once
-    // to d: bit for bit this loop's sum, rounded once.
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) {
-        double sum = 0.0;
-        for (int64_t c = 0; c < n; ++c) sum += (double)x[i * ldx + want_cols[c]] * (double)w_deq[j * n + c];
-        const double got = decode(d, &add[(i * N + j) * s]);
-        const double want = d == DType::Float16    ? (double)__half2float(__double2half(sum))
-                            : d == DType::BFloat16 ? (double)__bfloat162float(__double2bfloat16(sum))
-                                                   : (double)(float)sum;
-        if (!(got == want)) {
-          if (bad < 5) std::printf("   add(%lld, %lld): got %.9g want %.9g\n", (long long)i, (long long)j, got, want);
-          ++bad;
-        }
+  const auto acc = dacc.down();
+  const auto out = dout.down();
+  int64_t bad = ws.all_zero() ? 0 : 1;
+  if (bad) std::printf("   workspace not all zero after the launches\n");
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < ldo; ++j) {
+      if (j >= N) {  // padding must be untouched
+        for (int s = 0; s < os; ++s) bad += out[(i * ldo + j) * os + s] != 0x77;
+        continue;
       }
+      const float cs = ca[j] / 127.0f;
+      double sum = 0.0;
+      for (int64_t c = 0; c < n_out; ++c) {
+        const float w_deq = round_to(d, (float)hb[j * ld + cols[c]] * cs);
+        sum += (double)x[i * ldx + cols[c]] * (double)w_deq;
+      }
+      float v = ref_dequant(acc[i * N + j], ra[i], ca[j], &bias[j], nullptr);
+      v = v + round_to(d, (float)sum);
+      const float want = round_to(d, v);
+      const float got = decode(d, &out[(i * ldo + j) * os]);
+      if (!same_float(got, want)) {
+        if (bad < 5) std::printf("   (%lld, %lld): got %.9g want %.9g\n", (long long)i, (long long)j, got, want);
+        ++bad;
+      }
+    }
   }
   report(bad == 0, what);
 }
@@ -800,8 +803,10 @@ static int run_small(bool sm90, const char* only) {
     }
   }
   if (want("outliers")) {
-    test_outliers(DType::Float16, 37, 45, 300, 5, 1);
-    test_outliers(DType::BFloat16, 70, 130, 300, int8kern::kOutlierCapacity + 1, 0);
+    test_quantize(DType::Float16, 16, 300, 300, 0, 6.0f);        // last block zeroes q's columns
+    test_quantize(DType::BFloat16, 70, 300, 300, 0, 6.0f);       // launch_zero_outlier_columns
+    test_outlier_epilogue(DType::Float16, 1, 200, 5137, 5, true, true);      // decode split-K
+    test_outlier_epilogue(DType::BFloat16, 70, 130, 300, 150, false, false);  // many columns
   }
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
   return g_failures ? 1 : 0;
@@ -915,16 +920,19 @@ int main(int argc, char** argv) {
     }
   }
 
-  const int64_t cap = int8kern::kOutlierCapacity;
   for (DType d : dts) {
-    test_outliers(d, 37, 45, 300, 0, 0);          // no outliers: zero padding only
-    test_outliers(d, 37, 45, 300, 5, 1);          // a few; misaligned mask: byte loads
-    test_outliers(d, 37, 45, 300, cap, 0);        // exactly the capacity: no spill
-    test_outliers(d, 70, 130, 300, cap + 1, 0);   // spill, partial 64x64 tiles
-    test_outliers(d, 70, 130, 300, 300, 3);       // every column
+    for (int64_t M : {1, 16}) {  // decode split-K: none, a few, many columns
+      test_outlier_epilogue(d, M, 1000, 2100, 0, true, true);
+      test_outlier_epilogue(d, M, 1001, 2100, 7, true, true);
+      test_outlier_epilogue(d, M, 200, 2100, 300, false, false);
+    }
+    test_outlier_epilogue(d, 100, 1000, 2100, 20, true, true);    // mid split-K
+    test_outlier_epilogue(d, 130, 68, 64, 64, false, false);      // 64x64 tiles, every column
+    test_outlier_epilogue(d, 1500, 1500, 33, 5, true, true);      // 128x128 tiles
   }
-  test_outliers(DType::Float16, 5, 7, 131071, 1000, 0);  // K max: 8 compaction chunks
-  test_outliers(DType::Float32, 1, 1, 1, 1, 0);
+  for (int64_t M : {64, 65})  // the last block zeroes q's outlier columns / the zero kernel does
+    test_quantize(DType::Float16, M, 4096, 4096, 0, 6.0f);
+  test_quantize(DType::Float32, 7, 131071, 131071, 0, 6.0f);  // K max: 32 compaction chunks
 
   std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "ALL PASSED", g_failures);
   return g_failures ? 1 : 0;
