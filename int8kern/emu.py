@@ -82,6 +82,51 @@ def reset_stats() -> None:
     torch.ops.int8kern_emu.emu_reset_stats()
 
 
+class Graph:
+    """Launches recorded by `graph()` (as a `torch.cuda.CUDAGraph` records them): `replay()` runs
+    them again, in order, on whatever the captured tensors hold then."""
+
+    def __init__(self) -> None:
+        self._id = 0
+
+    def replay(self) -> None:
+        if not self._id:
+            raise RuntimeError("int8kern.emu.Graph.replay: nothing captured")
+        torch.ops.int8kern_emu.emu_graph_replay(self._id)
+
+    def reset(self) -> None:
+        if self._id:
+            torch.ops.int8kern_emu.emu_graph_drop(self._id)
+            self._id = 0
+
+    def __del__(self) -> None:
+        if self._id and not _UNAVAILABLE:
+            try:
+                torch.ops.int8kern_emu.emu_graph_drop(self._id)
+            except Exception:  # interpreter shutdown
+                pass
+
+
+@contextlib.contextmanager
+def graph() -> Iterator[Graph]:
+    """Stream capture under the emulator, like `with torch.cuda.graph(g):`. Inside, the CUDA
+    backend's kernel launches and memsets are recorded instead of run (the outputs the ops return
+    are allocated but not yet written: poisoned with 0xFF bytes, NaN in every float dtype); a host
+    synchronisation raises, as it invalidates a capture on a GPU. `Graph.replay()` then runs the
+    recorded launches with the arguments they were captured with: results that depend on the
+    inputs' contents only through device memory (an outlier count the host never reads) come out
+    right for new contents of the same tensors. Unlike a GPU capture, ATen work the host code
+    does itself (a copy of a non-contiguous input, a dtype conversion) runs once, at capture, and
+    is not replayed: capture with contiguous inputs of the op's dtypes."""
+    _require()
+    g = Graph()
+    torch.ops.int8kern_emu.emu_capture_begin()
+    try:
+        yield g
+    finally:
+        g._id = torch.ops.int8kern_emu.emu_capture_end()
+
+
 @contextlib.contextmanager
 def backend(kind: str = "h200") -> Iterator[None]:
     """Within the block, int8kern's public ops run the CUDA kernels under the emulator (CPU

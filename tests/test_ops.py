@@ -137,35 +137,43 @@ def test_decode_scaled_matmul_repeatable(device, shape, out_dtype):
 
 
 def test_decode_split_k_streams_and_graph(device):
-    if device != "cuda":
-        pytest.skip("CUDA streams and graphs: a GPU only")
+    """Split-K decode GEMMs on two streams at once (each stream has its own cached workspace),
+    then captured in a graph and replayed on new inputs (the workspace the kernel leaves zero is
+    reused by every replay, with no memset). Streams: a GPU only; the graph also under the
+    emulator (int8kern.emu.graph)."""
+    if device == "cpu":
+        pytest.skip("CUDA streams and graphs: CUDA kernels only (a GPU, or the emulator)")
     M, K, N = 1, 4096, 4096  # split-K on any GPU with >= 8 SMs
     a, b = randint8((M, K), device, seed=45), randint8((N, K), device, seed=46)
     want = ops.int8_matmul(a, b)
-    # Two streams at once: each call has its own workspace.
-    streams = [torch.cuda.Stream() for _ in range(2)]
-    outs = []
-    for s in streams:
+    static_a = a.clone()
+    if device == "cuda":
+        streams = [torch.cuda.Stream() for _ in range(2)]
+        outs = []
+        for s in streams:
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                outs.append([ops.int8_matmul(a, b) for _ in range(4)])
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+        assert all(torch.equal(o, want) for per_stream in outs for o in per_stream)
+        s = streams[0]
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
-            outs.append([ops.int8_matmul(a, b) for _ in range(4)])
-    for s in streams:
+            ops.int8_matmul(static_a, b)  # warm-up outside the graph
         torch.cuda.current_stream().wait_stream(s)
-    assert all(torch.equal(o, want) for per_stream in outs for o in per_stream)
-    # Graph capture and replay: the workspace zeroing is captured with the kernel.
-    static_a = a.clone()
-    s = streams[0]
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        ops.int8_matmul(static_a, b)  # warm-up outside the graph
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = ops.int8_matmul(static_a, b)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = ops.int8_matmul(static_a, b)
+    else:
+        import int8kern.emu
+        with int8kern.emu.graph() as graph:
+            static_out = ops.int8_matmul(static_a, b)
     for seed in (47, 48, 48):
         static_a.copy_(randint8((M, K), device, seed=seed))
         graph.replay()
         assert torch.equal(static_out, ops.int8_matmul(static_a, b))
+        assert torch.equal(static_out.cpu(), ref.int8_matmul(static_a.cpu(), b.cpu()))
 
 
 # ---------------------------------------------------------------- dequantize / scaled matmul

@@ -1,6 +1,8 @@
 """Non-finite values, edge cases, serialization, tied weights, threads, streams, CUDA graphs."""
+import contextlib
 import io
 import threading
+import types
 
 import pytest
 import torch
@@ -194,33 +196,76 @@ def _outlier_cases(K):
             (26, spread[:cap + 37]), (27, [0, K - 1]), (28, range(K))]
 
 
-@needs_cuda
+@contextlib.contextmanager
+def _captured(kernels):
+    """Capture what the block launches (a torch.cuda.CUDAGraph on a GPU, after the side-stream
+    dance torch.cuda.graph wants; int8kern.emu.graph under the emulator); yields an object whose
+    .graph.replay() runs it again."""
+    holder = types.SimpleNamespace()
+    if kernels == "cuda":
+        holder.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(holder.graph):
+            yield holder
+    else:
+        with int8kern.emu.graph() as g:
+            holder.graph = g
+            yield holder
+
+
+@pytest.mark.parametrize("kernels", CUDA_KERNELS)
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
-def test_cuda_graph_replay(threshold):
+def test_cuda_graph_replay(kernels, threshold):
     """Captured once (with two outlier columns), replayed on inputs whose outlier columns differ
     every time, up to every column: nothing may depend on the count seen at capture. Every replay
-    equals a fresh eager call and the reference, bit for bit."""
+    equals a fresh eager call and the reference, bit for bit. (On a GPU, torch.cuda.graph; under
+    the emulator, int8kern.emu.graph records the same launches.)"""
+    with on_device(kernels) as device:
+        _graph_replay(kernels, device, threshold)
+
+
+def _graph_replay(kernels, device, threshold):
     K = 3 * MANY_OUTLIERS + 5  # odd: the quantize kernel's scalar path, a mask tail
     M, N = 8, 64
-    w, absmax = ref.quantize_weight(randn((N, K), torch.float32, "cuda", seed=17, scale=0.05))
-    bias = randn((N,), torch.float16, "cuda", seed=29)
-    static_x = _x_with_outliers((M, K), torch.float16, 18, [5, 77])
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        ops.int8_linear(static_x, w, absmax, bias, threshold)  # warm-up outside the graph
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    w, absmax = ref.quantize_weight(randn((N, K), torch.float32, device, seed=17, scale=0.05))
+    bias = randn((N,), torch.float16, device, seed=29)
+    static_x = _x_with_outliers((M, K), torch.float16, 18, [5, 77], device)
+    if kernels == "cuda":
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            ops.int8_linear(static_x, w, absmax, bias, threshold)  # warm-up outside the graph
+        torch.cuda.current_stream().wait_stream(s)
+    else:
+        ops.int8_linear(static_x, w, absmax, bias, threshold)  # the stream's workspace, allocated
+        int8kern.emu.reset_stats()
+    with _captured(kernels) as captured:
         static_y = ops.int8_linear(static_x, w, absmax, bias, threshold)
+    if kernels == "cuda_emu":  # recorded, not run: nothing launched, nothing zeroed, no sync
+        assert {k: int8kern.emu.stats()[k] for k in ("launches", "memsets", "host_syncs")} == \
+            {"launches": 0, "memsets": 0, "host_syncs": 0}
+        assert bool(static_y.isnan().all()), "the output was written before any replay"
     for seed, cols in _outlier_cases(K):
-        x = _x_with_outliers((M, K), torch.float16, seed, cols)
+        x = _x_with_outliers((M, K), torch.float16, seed, cols, device)
         static_x.copy_(x)
-        graph.replay()
+        captured.graph.replay()
         eager = ops.int8_linear(x, w, absmax, bias, threshold)
-        torch.testing.assert_close(static_y, eager, rtol=0, atol=0, msg=f"replay vs eager, outlier columns {cols}")
+        assert torch.equal(static_y, eager), f"replay vs eager, outlier columns {cols}"
         y_ref = ref.int8_linear(x.cpu(), w.cpu(), absmax.cpu(), bias.cpu(), threshold)
         assert torch.equal(static_y.cpu(), y_ref), f"replay vs reference, outlier columns {cols}"
+
+
+def test_emulated_capture_refuses_a_host_sync():
+    """quantize_rowwise returns its outlier columns as a tensor of their count, so it reads the
+    count on the host: inside a capture that is an error, on a GPU and under the emulator."""
+    if not int8kern.emu.available():
+        pytest.skip("int8kern built without the CUDA emulator")
+    x = randn((4, 64), torch.float16, "cpu", seed=3, scale=3)
+    with int8kern.emu.backend():
+        with pytest.raises(RuntimeError, match="operation not permitted when stream is capturing"):
+            with int8kern.emu.graph():
+                ops.quantize_rowwise(x, 6.0)
+        q, _, cols = ops.quantize_rowwise(x, 6.0)  # and the emulator is usable afterwards
+    assert torch.equal(cols, ref.quantize_rowwise(x, 6.0)[2])
 
 
 @pytest.mark.parametrize("kernels", CUDA_KERNELS)

@@ -27,6 +27,8 @@
 #define __grid_constant__
 
 #include <cuda_runtime_api.h>  // types and enums (the functions are renamed below)
+#include <functional>
+#include <memory>
 #include <vector_functions.h>  // make_uint4, ...
 #include <cuda_fp16.h>         // host-compilable: the same conversions as on the device
 #include <cuda_bf16.h>
@@ -95,6 +97,11 @@ struct LaunchConfig {
 };
 // Runs body() once per thread of every block; the outcome is cudaGetLastError's.
 void launch(const void* kernel, const LaunchConfig& cfg, void (*body)(void*), void* arg);
+// Stream capture (int8kern.emu.graph, as torch.cuda.graph): while it is on, launches and memsets
+// are recorded, with their arguments as they were at the call, instead of run; a replay runs
+// them in order, on whatever the memory then holds.
+bool capturing();
+void record(std::function<void()> work);
 
 template <class... P>
 struct KernelCall {
@@ -106,13 +113,21 @@ struct KernelCall {
     struct Frame {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> args;
-    } frame{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(a)...)};
-    launch(reinterpret_cast<const void*>(kernel), cfg,
-           [](void* f) {
-             auto* fr = static_cast<Frame*>(f);
-             std::apply([&](const auto&... x) { fr->kernel(x...); }, fr->args);
-           },
-           &frame);
+    };
+    auto frame = std::make_shared<Frame>(Frame{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(a)...)});
+    auto run = [frame, cfg = cfg] {
+      launch(reinterpret_cast<const void*>(frame->kernel), cfg,
+             [](void* f) {
+               auto* fr = static_cast<Frame*>(f);
+               std::apply([&](const auto&... x) { fr->kernel(x...); }, fr->args);
+             },
+             frame.get());
+    };
+    if (capturing()) {
+      record(run);  // a graph node: the arguments as they are now
+    } else {
+      run();
+    }
   }
 };
 template <class... P>

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 
@@ -37,6 +39,18 @@ const char* device_kind_key();
 // The last error (a cudaError_t value, 0: none) and its report (kernel, block, thread, source
 // line), cleared.
 std::string take_error(int* code);
+// Stream capture and replay (int8kern.emu.graph): begin_capture starts recording the launches and
+// memsets of the (one) emulated stream instead of running them; end_capture stops and returns the
+// graph's id; replay_graph runs its recorded work in order; drop_graph forgets it. A host sync
+// while capturing is an error (as cudaStreamSynchronize during capture is on a GPU).
+void begin_capture();
+int64_t end_capture();
+bool replay_graph(int64_t id);
+void drop_graph(int64_t id);
+bool is_capturing();
+// Keeps owner alive as long as the graph being captured (no-op when not capturing): the device
+// memory the host code allocates during a capture, which replays write.
+void hold_while_captured(std::shared_ptr<void> owner);
 void count_host_sync();
 void count_memset();
 void count_allocation();

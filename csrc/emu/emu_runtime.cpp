@@ -1264,7 +1264,63 @@ cudaError_t MemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind
   (void)kind;
   return cudaSuccess;
 }
+// ---------------------------------------------------------------------------------------------
+// Stream capture: graphs of recorded launches and memsets.
+// ---------------------------------------------------------------------------------------------
+namespace {
+// A graph: its work in order, and the memory allocated while it was captured, which it owns (as
+// a CUDA graph's private memory pool keeps the blocks its capture allocated, freed or not).
+struct Graph {
+  std::vector<std::function<void()>> work;
+  std::vector<std::shared_ptr<void>> held;
+};
+bool g_capturing = false;
+Graph g_recording;
+std::map<int64_t, Graph> g_graphs;
+int64_t g_next_graph = 1;
+}  // namespace
+
+bool capturing() { return g_capturing; }
+bool is_capturing() { return g_capturing; }
+void record(std::function<void()> work) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  g_recording.work.push_back(std::move(work));
+}
+void hold_while_captured(std::shared_ptr<void> owner) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  if (g_capturing) g_recording.held.push_back(std::move(owner));
+}
+void begin_capture() {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  g_recording = Graph();
+  g_capturing = true;
+}
+int64_t end_capture() {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  g_capturing = false;
+  const int64_t id = g_next_graph++;
+  g_graphs[id] = std::move(g_recording);
+  g_recording = Graph();
+  return id;
+}
+bool replay_graph(int64_t id) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  auto it = g_graphs.find(id);
+  if (it == g_graphs.end()) return false;
+  for (auto& work : it->second.work) work();
+  return true;
+}
+void drop_graph(int64_t id) {
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  g_graphs.erase(id);
+}
+
 cudaError_t Memset(void* p, int value, size_t bytes) {
+  if (capturing()) {
+    ++g_stats.memsets;
+    record([p, value, bytes] { Memset(p, value, bytes); });
+    return cudaSuccess;
+  }
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
   EmulatorScope scope;
   if (bytes > 0) std::memset(p, value, bytes);

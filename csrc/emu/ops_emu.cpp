@@ -33,6 +33,18 @@ std::vector<int64_t> emu_stats() {
 void emu_reset_stats() { int8kern::emu::reset_stats(); }
 bool emu_set_device(std::string kind) { return int8kern::emu::set_device_kind(kind.c_str()); }
 std::string emu_device() { return int8kern::emu::device_kind_key(); }
+void emu_capture_begin() {
+  TORCH_CHECK(!int8kern::emu::is_capturing(), "int8kern.emu.graph: already capturing (graphs do not nest)");
+  int8kern::emu::begin_capture();
+}
+int64_t emu_capture_end() { return int8kern::emu::end_capture(); }
+void emu_graph_replay(int64_t id) {
+  TORCH_CHECK(int8kern::emu::replay_graph(id), "int8kern.emu.graph: no graph ", id, " (reset?)");
+  int code = 0;
+  const std::string report = int8kern::emu::take_error(&code);
+  TORCH_CHECK(code == 0, "int8kern (CUDA emulator): error ", code, " in a graph replay: ", report);
+}
+void emu_graph_drop(int64_t id) { int8kern::emu::drop_graph(id); }
 }  // namespace
 
 TORCH_LIBRARY(int8kern_emu, m) {
@@ -41,6 +53,10 @@ TORCH_LIBRARY(int8kern_emu, m) {
   m.def("emu_reset_stats", &emu_reset_stats);
   m.def("emu_set_device", &emu_set_device);
   m.def("emu_device", &emu_device);
+  m.def("emu_capture_begin", &emu_capture_begin);
+  m.def("emu_capture_end", &emu_capture_end);
+  m.def("emu_graph_replay", &emu_graph_replay);
+  m.def("emu_graph_drop", &emu_graph_drop);
 }
 
 #include "../cuda/ops_cuda.cpp"
