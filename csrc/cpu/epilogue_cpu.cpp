@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "epilogue.h"
+#include "isa.h"
 
 namespace int8kern {
 namespace cpu {
@@ -204,7 +205,7 @@ INT8KERN_AVX512 void dequantize_rows_transposed_avx512(const EpilogueArgs& e, in
 }
 
 bool cpu_has_avx512_epilogue() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  static const bool has = cpu_isa() >= CpuIsa::kAvx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                           __builtin_cpu_supports("f16c") && std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") == nullptr;
   return has;

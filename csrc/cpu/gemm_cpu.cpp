@@ -3,18 +3,22 @@
 // int32 matrix never reaches memory).
 //
 // C[i, j] = sum_k a[i, k] * b[j, k]; both operands K-major (b is nn.Linear's weight).
-// Two inner kernels, picked at run time:
+// Inner kernels, picked at run time by cpu_isa() (isa.h: CPUID, capped by INT8KERN_CPU_ISA):
 //  * AVX512-VNNI (vpdpbusd: 64 u8 x s8 products per instruction, summed by fours into int32
 //    WITHOUT saturation). It multiplies unsigned by signed bytes, so a is shifted to
 //    a + 128 (a ^ 0x80 as u8) once per call and 128 * sum_k b[j, k] is subtracted at the end:
 //    sum_k (a+128) b - 128 sum_k b = sum_k a b. Every step wraps modulo 2^32 (vpdpbusd and
 //    the vector adds do; the correction is done in uint32), and the true result fits in
 //    int32 (|C| <= K * 128 * 128 < 2^31 for K <= 131071), so the wrapped result is exact.
-//  * AVX2 (and a portable fallback): products formed in int16 lanes and summed pairwise into
-//    int32 (vpmaddwd): |a*b + a'*b'| <= 2^15, so nothing saturates, unlike vpmaddubsw. a is
+//  * AVX2: vpmaddubsw with the sign trick (gemm_tiles_avx2_sign.h): |b| as the unsigned
+//    operand, a * sign(b) as the signed one, so no pair sum exceeds 128 * 127 * 2 and nothing
+//    saturates. Exact when a holds no -128, which quantize_rowwise guarantees; a call whose a
+//    does hold -128 (checked per call, a pass over a's M x K bytes) takes the int16 tiles.
+//  * int16 tiles (AVX2, or a portable loop without AVX2): products formed in int16 lanes and
+//    summed pairwise into int32 (vpmaddwd): |a*b + a'*b'| <= 2^15, exact for any int8. a is
 //    widened to int16 once per call; b, the weight, is widened on the fly.
-// Both read the weight as int8 straight from nn.Linear's layout, so decode (M = 1..16)
-// streams it once; neither needs a repacked copy.
+// All read the weight as int8 straight from nn.Linear's layout, so decode (M = 1..16)
+// streams it once; none needs a repacked copy.
 //
 // Blocking: tasks are (BLOCK_M rows of a) x (BLOCK_N rows of b); a task keeps its BLOCK_N x K
 // slice of b (128 KiB at K = 4096) in L2 and walks its rows of a in MR x NR register tiles
@@ -27,7 +31,8 @@
 // cores the tiles below match it at M = 256 and are ~10% slower at M = 512 (see
 // benchmarks/NOTES.md). Its int32 result then takes one dequantize pass. Not for K < 16: on
 // this project's Zen 4 CPU, torch 2.14.1's _int_mm returns garbage for K = 1.
-// INT8KERN_CPU_ONEDNN=0 turns it off.
+// INT8KERN_CPU_ONEDNN=0 turns it off; so does INT8KERN_CPU_ISA below vnni (an AVX2 machine's
+// torch runs _int_mm as a plain loop, benchmarks/NOTES.md).
 #include <ATen/cpu/Utils.h>
 #include <torch/library.h>
 #include <immintrin.h>
@@ -38,6 +43,8 @@
 
 #include "../checks.h"
 #include "epilogue.h"
+#include "gemm_tiles_avx2_sign.h"
+#include "isa.h"
 #include "parallel.h"
 
 namespace int8kern {
@@ -50,7 +57,7 @@ constexpr int NR_GEMV = 4;  // a single row of a: four weight rows in flight ins
 constexpr int64_t BLOCK_N = 32;
 constexpr int64_t BLOCK_M = 128;
 
-// ---------------------------------------------------------------- AVX2 / portable tiles
+// ---------------------------------------------------------------- int16 tiles (AVX2 / portable)
 
 // One MR_ x NR_ tile over a K slice: c[i * ldc + j] += sum_k a[i][k] * b[j][k].
 template <int MR_, int NR_>
@@ -209,24 +216,41 @@ INT8KERN_VNNI int32_t row_sum_vnni(const int8_t* b, int64_t K) {
 
 #pragma GCC diagnostic pop
 
-bool cpu_has_vnni() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vnni");
-  return has;
-}
-
-// ---------------------------------------------------------------- the two paths
+// ---------------------------------------------------------------- the paths
 
 // The kernel-specific parts of the blocked GEMM: how a is prepared once per call, the tile
 // functions, the K slice, and the correction applied to a finished block.
-struct Avx2Path {
+struct Int16Path {
   using AType = int16_t;
   static constexpr int kMR = MR, kNR = NR, kNRGemv = NR_GEMV;
   static constexpr int64_t kBlockK = 1024;  // a multiple of 16: only the last slice has a tail
-  TileTable table{static_cast<bool>(__builtin_cpu_supports("avx2"))};
+  TileTable table;
+  explicit Int16Path(bool avx2) : table(avx2) {}
   static at::Tensor prepare_a(const at::Tensor& a) { return widen_to_int16(a); }
   TileFn tile(int mr, int nr) const { return table.fn[mr][nr]; }
   // Nothing to correct: int16 products are the true products.
+  void finish(const int8_t*, int64_t, int64_t, int64_t, int32_t*, int64_t, int64_t) const {}
+};
+
+// AVX2 sign-trick tiles; a used as it is (int8, no copy). Only for an a without -128.
+struct SignAvx2Path {
+  using AType = int8_t;
+  using Fn = void (*)(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int32_t*, int64_t);
+  static constexpr int kMR = MR, kNR = NR, kNRGemv = NR_GEMV;
+  // A multiple of 32: only the last slice has a tail. Long, as the tiles' lane sums are paid
+  // once per slice: 60 GMAC/s at 1024 against 67 at 4096 on one Zen 4 core (NOTES); a's 4
+  // rows and b's 2 rows of a 4096 slice take 24 KiB of L1 (int8, not int16).
+  static constexpr int64_t kBlockK = 4096;
+  Fn fn[MR + 1][NR_GEMV + 1] = {};
+  SignAvx2Path() {
+    fn[1][1] = &tile_sign_avx2<1, 1>; fn[1][2] = &tile_sign_avx2<1, 2>;
+    fn[1][3] = &tile_sign_avx2<1, 3>; fn[1][4] = &tile_sign_avx2<1, 4>;
+    fn[2][1] = &tile_sign_avx2<2, 1>; fn[2][2] = &tile_sign_avx2<2, 2>;
+    fn[3][1] = &tile_sign_avx2<3, 1>; fn[3][2] = &tile_sign_avx2<3, 2>;
+    fn[4][1] = &tile_sign_avx2<4, 1>; fn[4][2] = &tile_sign_avx2<4, 2>;
+  }
+  static at::Tensor prepare_a(const at::Tensor& a) { return a; }
+  Fn tile(int mr, int nr) const { return fn[mr][nr]; }
   void finish(const int8_t*, int64_t, int64_t, int64_t, int32_t*, int64_t, int64_t) const {}
 };
 
@@ -318,12 +342,16 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
 
 template <typename Sink, typename BeforeTask>
 void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeTask&& before_task) {
-  if (cpu_has_vnni()) {
+  const CpuIsa isa = cpu_isa();
+  if (isa >= CpuIsa::kAvx512Vnni) {
     static const VnniPath vnni;
     gemm_blocked_with(vnni, a, b, sink, before_task);
+  } else if (isa >= CpuIsa::kAvx2 && !contains_int8_min_avx2(a.data_ptr<int8_t>(), a.numel())) {
+    static const SignAvx2Path sign_avx2;
+    gemm_blocked_with(sign_avx2, a, b, sink, before_task);
   } else {
-    static const Avx2Path avx2;
-    gemm_blocked_with(avx2, a, b, sink, before_task);
+    static const Int16Path int16(isa >= CpuIsa::kAvx2);
+    gemm_blocked_with(int16, a, b, sink, before_task);
   }
 }
 
@@ -334,7 +362,8 @@ bool use_onednn(int64_t M, int64_t K) {
   static const bool enabled = [] {
     const char* env = std::getenv("INT8KERN_CPU_ONEDNN");
     const bool allowed = !(env && std::strcmp(env, "0") == 0);
-    return allowed && (at::cpu::is_avx512_vnni_supported() || at::cpu::init_amx());
+    return allowed && cpu_isa() >= CpuIsa::kAvx512Vnni &&
+           (at::cpu::is_avx512_vnni_supported() || at::cpu::init_amx());
   }();
   return enabled && M >= 256 && K >= 16;
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 #include "ops_cpu.h"
 #include "parallel.h"
 
@@ -55,8 +56,7 @@ absmax_bits_and_outliers_avx512(const bits32* bits, int64_t K, uint32_t t, uint8
 
 INT8KERN_CLONES
 float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
+  static const bool avx512 = cpu_isa() >= CpuIsa::kAvx512;
   const bits32* bits = reinterpret_cast<const bits32*>(v);
   uint32_t amax = 0u;
   if (threshold > 0.0f && avx512) {
