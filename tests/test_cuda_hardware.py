@@ -1,7 +1,8 @@
 """Checks that only mean something on a GPU, written for the first runs on an H100/H200
 (issue 10, part 2): a fresh process whose very first wgmma call is inside a CUDA-graph capture,
 single rows whose stride is not K, split-K under many repeats, float32 outliers with TF32
-allowed. Each skips with the reason where there is no CUDA GPU (or no sm_90 for wgmma)."""
+allowed, launches counted by the CUDA profiler (issue 18). Each skips with the reason where there is no
+CUDA GPU (or no sm_90 for wgmma)."""
 import os
 import subprocess
 import sys
@@ -102,3 +103,56 @@ def test_float32_outliers_ignore_tf32(n_outliers):
     _, _, out_cols = ref.quantize_rowwise(x.cpu(), 6.0)
     assert out_cols.numel() == n_outliers
     assert torch.equal(y.cpu(), want)
+
+
+def _cuda_work(fn):
+    """(kernel names, memsets) the CUDA profiler sees while fn() runs: what the emulator counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # the stream's workspaces and cuBLAS handles exist before the count
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    memsets = sum(n.lower().startswith("memset") for n in names)
+    kernels = [n for n in names if not n.lower().startswith(("memset", "memcpy"))]
+    return kernels, memsets
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 4096, 4096), (16, 4096, 4096), (17, 1024, 1024), (512, 512, 512)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_int8_linear_launches_counted_by_the_profiler(M, K, N, threshold):
+    """The counts tests/test_emu_profile.py asserts under the emulator, on the GPU: two kernels per
+    int8_linear call (three above 64 rows at threshold 6), no memset."""
+    x = randn((M, K), torch.float16, "cuda", seed=M)
+    x[:, :: max(1, K // 8)] *= 8.0
+    w, absmax = ref.quantize_weight(randn((N, K), torch.float32, "cuda", seed=1, scale=0.05))
+    kernels, memsets = _cuda_work(lambda: ops.int8_linear(x, w, absmax, None, threshold))
+    assert (len(kernels), memsets) == (3 if threshold > 0 and M > 64 else 2, 0), kernels
+
+
+def test_decode_launches_per_token_against_fp16():
+    """One decode step of a Llama-shaped model: int8kern's linear layers launch two kernels each
+    and no memset, and the whole step launches no more than fp16's plus one per linear layer
+    (fp16 nn.Linear: one cuBLAS GEMM each, or two where cuBLAS splits K)."""
+    transformers = pytest.importorskip("transformers")
+    import int8kern
+
+    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=300)
+    torch.manual_seed(5)
+    fp16 = transformers.LlamaForCausalLM(cfg).eval().half().cuda()
+    ours = int8kern.quantize_model(transformers.LlamaForCausalLM(cfg).eval().half().cuda(), threshold=6.0)
+    n_linear = sum(isinstance(m, int8kern.Int8LinearLt) for m in ours.modules())
+    ids = torch.randint(0, 300, (1, 6), device="cuda")
+    kernels, memsets = {}, {}
+    for name, model in (("fp16", fp16), ("int8kern", ours)):
+        with torch.no_grad():
+            cache = model(ids, use_cache=True).cache
+            kernels[name], memsets[name] = _cuda_work(lambda: model(ids[:, -1:], cache=cache, use_cache=True))
+    ours_kernels = [k for k in kernels["int8kern"] if "int8kern" in k]
+    print(f"decode step, {n_linear} linear layers: fp16 {len(kernels['fp16'])} launches, "
+          f"int8kern {len(kernels['int8kern'])} ({len(ours_kernels)} of them int8kern's)")
+    assert len(ours_kernels) == 2 * n_linear and memsets["int8kern"] == memsets["fp16"], (ours_kernels, memsets)
+    assert len(kernels["int8kern"]) <= len(kernels["fp16"]) + n_linear, kernels

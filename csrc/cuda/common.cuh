@@ -103,6 +103,15 @@ INT8KERN_D void set_flag_relaxed(uint8_t* p) {
 // Largest grid.x we ever launch; kernels that may need more blocks use grid-stride loops.
 constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 
+// Largest grid.y: 65535 on every GPU. Under the emulator INT8KERN_EMU_MAX_GRID_Y may lower it
+// (the emulator then refuses larger launches), so that the tests of the grid-stride loops past
+// it need far fewer tiles: the loop is the same code whatever the bound.
+#ifdef INT8KERN_EMU
+inline int64_t max_grid_y() { return ::int8kern::emu::max_grid_y(); }
+#else
+INT8KERN_HD constexpr int64_t max_grid_y() { return 65535; }
+#endif
+
 // ----------------------------------------------------------------------------------------
 // DType -> C++ type.
 // ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ namespace {
 //   (cp.async for stage k+1 is in flight while stage k is computed). Warps tile the block as
 //   kWarpsM x kWarpsN; each warp owns a WM x WN sub-tile = MI x NI mma.m16n8k32 tiles held
 //   in MI * NI * 4 int32 registers. Block tiles are visited with a 2-D grid-stride loop
-//   (grid.x over M tiles, grid.y <= 65535 over N tiles).
+//   (grid.x over M tiles, grid.y <= max_grid_y() = 65535 over N tiles).
 //   Per block tile: (BM + BN) * K bytes loaded, 2 * BM * BN * K int ops, BM * BN outputs.
 template <class Cfg, bool kAligned, class Epilogue>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
@@ -253,7 +253,7 @@ void launch_gemm_splitk(const Int8GemmParams& p, const GemmPlan& plan, const Epi
   int32_t* ws = plan.split > 1 ? p.workspace : nullptr;
   int32_t* counters = ws != nullptr ? ws + p.M * p.N : nullptr;
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
-                  static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)),
+                  static_cast<unsigned>(min_of<int64_t>(tiles_n, max_grid_y())),
                   static_cast<unsigned>(plan.split));  // <= K / 512 <= 256
   INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
     INT8KERN_LAUNCH(grid, Cfg::kThreads, 0, stream, int8_gemm_splitk_kernel<Cfg, kAligned, Epilogue>)(
@@ -266,7 +266,7 @@ void launch_gemm_tiled(const Int8GemmParams& p, const Epilogue& epi, cudaStream_
   const int64_t tiles_m = ceil_div<int64_t>(p.M, Cfg::BM);
   const int64_t tiles_n = ceil_div<int64_t>(p.N, Cfg::BN);
   const dim3 grid(static_cast<unsigned>(min_of<int64_t>(tiles_m, kMaxGridX)),
-                  static_cast<unsigned>(min_of<int64_t>(tiles_n, 65535)));
+                  static_cast<unsigned>(min_of<int64_t>(tiles_n, max_grid_y())));
   INT8KERN_BOOL_SWITCH(operands_aligned(p), kAligned, [&] {
     INT8KERN_LAUNCH(grid, Cfg::kThreads, 0, stream, int8_gemm_kernel<Cfg, kAligned, Epilogue>)(p.a, p.b, p.M, p.N, p.K, p.lda, p.ldb, epi);
   });

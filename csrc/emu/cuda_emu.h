@@ -102,6 +102,8 @@ void launch(const void* kernel, const LaunchConfig& cfg, void (*body)(void*), vo
 // them in order, on whatever the memory then holds.
 bool capturing();
 void record(std::function<void()> work);
+// grid.y limit of launches (emu_api.h): 65535, or lower for tests.
+int64_t max_grid_y();
 
 template <class... P>
 struct KernelCall {

@@ -36,6 +36,9 @@ void reset_stats();
 // "h200" (sm_90, 132 SMs; the default, or INT8KERN_EMU_DEVICE) or "a100" (sm_80, 108 SMs).
 bool set_device_kind(const char* key);
 const char* device_kind_key();
+// The grid.y limit launches are held to: 65535, as on every GPU, or INT8KERN_EMU_MAX_GRID_Y
+// (1 .. 65535, read once) so that tests of the loops past it run on fewer tiles.
+int64_t max_grid_y();
 // The last error (a cudaError_t value, 0: none) and its report (kernel, block, thread, source
 // line), cleared.
 std::string take_error(int* code);

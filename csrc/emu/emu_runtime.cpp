@@ -1180,7 +1180,7 @@ void launch(const void* kernel, const LaunchConfig& cfg, void (*body)(void*), vo
   char msg[512];
   if (threads == 0 || threads > 1024 || cfg.block.x > 1024 || cfg.block.y > 1024 || cfg.block.z > 64 ||
       cfg.grid.x == 0 || cfg.grid.y == 0 || cfg.grid.z == 0 || cfg.grid.x > 2147483647u ||
-      cfg.grid.y > 65535 || cfg.grid.z > 65535) {
+      cfg.grid.y > static_cast<uint64_t>(max_grid_y()) || cfg.grid.z > 65535) {
     std::snprintf(msg, sizeof(msg),
                   "launch of %s (%s:%d): grid (%u, %u, %u) x block (%u, %u, %u) is beyond the device's limits",
                   cfg.kernel, cfg.file, cfg.line, cfg.grid.x, cfg.grid.y, cfg.grid.z, cfg.block.x,
@@ -1499,6 +1499,21 @@ void count(uint64_t Stats::*field) {
   ++(g_stats.*field);
 }
 }  // namespace
+int64_t max_grid_y() {
+  static const int64_t limit = [] {
+    const char* v = std::getenv("INT8KERN_EMU_MAX_GRID_Y");
+    if (v == nullptr || *v == '\0') return int64_t{65535};
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 1 || n > 65535) {
+      std::fprintf(stderr, "int8kern CUDA emulator: INT8KERN_EMU_MAX_GRID_Y must be 1 .. 65535, got '%s'\n", v);
+      std::abort();
+    }
+    return static_cast<int64_t>(n);
+  }();
+  return limit;
+}
+
 void count_host_sync() { count(&Stats::host_syncs); }
 void count_memset() { count(&Stats::memsets); }
 void count_library_call() { count(&Stats::library_calls); }
