@@ -45,7 +45,8 @@ def report(source, tmp):
         if m:
             spill = f"stack {m.group(1)}, spills {m.group(2)}/{m.group(3)}"
             continue
-        m = re.search(r"Used (\d+) registers, used (\d+) barriers(?:, (\d+) bytes smem)?", line)
+        m = re.search(r"Used (\d+) registers, used (\d+) barriers(?:, \d+ bytes cumulative stack size)?"
+                      r"(?:, (\d+) bytes smem)?", line)
         if m and fn:
             rows.append(f"{arch:6} {demangle(fn)}: {m.group(1)} regs, {m.group(2)} barriers, "
                         f"{m.group(3) or 0} B static smem, {spill}")

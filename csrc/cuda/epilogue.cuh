@@ -96,7 +96,9 @@ struct DequantEpilogue {
   // Works through the fragment in chunks of 16 elements: the dtype switches are uniform and
   // hoisted out of each chunk's unrolled loops, and only one chunk's float values (plus the
   // not yet converted accumulators) are live at a time, which keeps the 128x128 tile under
-  // its 128-register budget.
+  // its 128-register budget. (With the outlier product's float64 sums, ptxas 13 still spills
+  // 28 bytes of it on sm_80, none on sm_90a; chunks of 8 or 4, or a separate path for calls
+  // with outliers, all spilled more.)
   template <class Layout>
   INT8KERN_D void apply(const int32_t (&acc)[Layout::kCount], const Layout& lay,
                         const TileCtx& c) const {
@@ -190,15 +192,15 @@ struct DequantEpilogue {
   // v[k] += the outlier product of element base + k (int8kern.reference's contract): for each
   // element, sum_c double(x[i, col_c]) * double(T(float(w[j, col_c]) * col_scale[j])) over the
   // columns in ascending order, each product exact in float64 (two values of <= 24 significant
-  // bits), then rounded to float32, then to T, and added in float32. Four elements at a time
-  // (four float64 sums live), so the 128x128 tile stays in its register budget; their rows and
-  // columns repeat within the four, and the loads fold together under unrolling. Reads x and
+  // bits), then rounded to float32, then to T, and added in float32. Two elements at a time
+  // (two float64 sums live): with four, the 128x128 tile spilled (ptxas: 76-116 bytes) under its
+  // 128-register cap; a pair shares its row, so one x load serves both. Reads x and
   // the weight bytes from L2 / L1 (the GEMM just streamed those weight rows), n per element.
   template <typename T, int kChunk, class Layout>
   INT8KERN_D void outlier_chunk(float (&v)[kChunk], int base, const Layout& lay, const TileCtx& c,
                                 int n) const {
-    constexpr int kGroup = 4;
-    static_assert(kChunk % kGroup == 0, "whole groups of four elements");
+    constexpr int kGroup = 2;
+    static_assert(kChunk % kGroup == 0, "whole groups of elements");
     const T* xp = static_cast<const T*>(x);
 #pragma unroll
     for (int g = 0; g < kChunk; g += kGroup) {
