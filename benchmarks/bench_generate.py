@@ -421,7 +421,11 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="JSON file for the table")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads(n) first: every method then uses n "
+                   "(default: torch's count, capped by int8kern's CPU budget)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or (None if args.dry_run else str(HERE / "results" / "generate-cpu.json"))
     run(args.new_tokens, args.rounds, dry_run=args.dry_run, out=out)
 
