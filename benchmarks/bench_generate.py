@@ -252,6 +252,15 @@ class HFRunner:
 
 # ----------------------------------------------------------------------------- the table
 
+def common_prefix(a: list, b: list) -> int:
+    """How many greedy tokens two methods share before they first differ (after a difference
+    each continues its own text, so later positions do not compare)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 @dataclasses.dataclass
 class Method:
     name: str
@@ -395,12 +404,12 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
         if m.error is None and m.decode_s:
             dec, pre = med(m.decode_s), med(m.prefill_s)
             vs = None if anchor is None else dec / med(anchor.decode_s)
-            same = None if fp32.tokens is None else sum(a == b for a, b in zip(m.tokens, fp32.tokens))
+            same = None if fp32.tokens is None else common_prefix(m.tokens, fp32.tokens)
             row.update(prefill_ms=pre * 1e3, decode_ms=dec * 1e3, decode_tok_per_s=1 / dec,
                        decode_vs_llama_q8_0=vs, decode_weight_MB=m.decode_bytes / 1e6,
                        decode_samples=len(m.decode_s), prefill_samples=len(m.prefill_s),
                        warmup_s=getattr(m, "warmup_s", None), tokens=m.tokens,
-                       tokens_equal_to_fp32=same)
+                       tokens_same_as_fp32=same)
             vs_s = "" if vs is None else f"{vs:7.2f}x"
             print(f"   {m.name:<42} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
                   f"{dec * 1e3:14.2f} {vs_s:>8}  {m.tokens[:6]}", flush=True)
