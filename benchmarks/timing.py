@@ -30,11 +30,42 @@ def environment(device: str) -> dict:
         "threads": torch.get_num_threads(),
         "commit": _git_commit(),
         "cpu": _cpu_name(),
+        "isa": cpu_isa()["isa"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     return env
+
+
+def cpu_isa() -> dict:
+    """The CPU's name and the instruction sets that decide its int8 and bf16 speed, from
+    /proc/cpuinfo: AMX (amx_tile, amx_int8, amx_bf16), AVX-512 VNNI and BF16, AVX-VNNI, AVX2."""
+    name, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and name == "unknown CPU":
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+    have = {f: f in flags for f in wanted}
+    if have["amx_int8"]:
+        isa = "AMX (int8" + (", bf16" if have["amx_bf16"] else "") + ") + AVX-512 VNNI"
+    elif have["avx512_vnni"]:
+        isa = "AVX-512 VNNI" + (" + BF16" if have["avx512_bf16"] else "") + ", no AMX"
+    elif have["avx512f"]:
+        isa = "AVX-512 (no VNNI), no AMX"
+    elif have["avx2"]:
+        isa = "AVX2" + (" + AVX-VNNI" if have["avx_vnni"] else "") + ", no AVX-512"
+    else:
+        isa = "no AVX2"
+    return {"cpu": name, "isa": isa, "flags": have}
 
 
 def _git_commit() -> str:

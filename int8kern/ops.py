@@ -242,7 +242,8 @@ def _fake_int8_linear(x, weight, weight_absmax, bias, threshold):
     return x.new_empty((*x.shape[:-1], N))
 
 
-# ---- autograd: gradients for x and bias (the int8 weight is frozen) ----
+# ---- autograd: gradients for x and bias (the int8 weight is frozen); csrc/int8_linear_autograd.cpp
+# does the same in C++ for torch.ops.int8kern, this is the emulator's (int8kern_emu) ----
 
 def _int8_linear_setup_context(ctx, inputs, output):
     _, weight, weight_absmax, bias, _ = inputs
@@ -270,14 +271,17 @@ _FAKES = {
 }
 
 
-def _register_python_parts(namespace: str) -> None:
+def _register_python_parts(namespace: str, autograd: bool = True) -> None:
     """Fakes and autograd of the ops in `namespace`: "int8kern", and "int8kern_emu" (the emulated
-    CUDA backend, int8kern.emu), whose ops share these schemas, checks and gradients."""
+    CUDA backend, int8kern.emu), whose ops share these schemas, checks and gradients.
+    int8kern's own int8_linear has its autograd in C++ (csrc/int8_linear_autograd.cpp: the
+    same backward, without a Python call in every forward); the emulator keeps this one."""
     for name, fake in _FAKES.items():
         torch.library.register_fake(f"{namespace}::{name}")(fake)
-    torch.library.register_autograd(
-        f"{namespace}::int8_linear", _int8_linear_backward, setup_context=_int8_linear_setup_context
-    )
+    if autograd:
+        torch.library.register_autograd(
+            f"{namespace}::int8_linear", _int8_linear_backward, setup_context=_int8_linear_setup_context
+        )
 
 
-_register_python_parts("int8kern")
+_register_python_parts("int8kern", autograd=False)

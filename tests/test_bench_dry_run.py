@@ -1,11 +1,14 @@
 """The benchmark scripts run end to end on tiny shapes (--dry-run) on the CPU, so that they
 cannot rot between GPU sessions: every suite of bench_ops.py (the GPU suite included, on the
-CPU) and bench_model.py's whole flow (int8kern, float16, bitsandbytes when importable; eager
-and compiled decode). Each writes its JSON, which is checked for the rows it must hold."""
+CPU; the generation table, bench_generate.py, on a tiny model) and bench_model.py's whole flow
+(int8kern, float16, bitsandbytes when importable; eager and compiled decode). Each writes its
+JSON, which is checked for the rows it must hold."""
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -31,6 +34,24 @@ def test_bench_ops_dry_run(tmp_path):
         assert r["ms"] > 0 and r["kernel_ms"] is None  # no kernel time off CUDA
         assert all(v > 0 for v in r["vs"].values())
     assert any(p.suffix == ".png" for p in tmp_path.iterdir()), stdout
+    assert stdout.startswith("CPU: ") and "ISA: " in stdout.splitlines()[0]  # the ISA comes first
+    gen = res["generate"]
+    assert gen["cpu"]["isa"] and gen["threads"] >= 1
+    rows = {r["method"]: r for r in gen["rows"]}
+    assert set(rows) == {"llama.cpp F32", "llama.cpp BF16", "llama.cpp Q8_0", "transformers fp32, eager",
+                         "transformers bf16, eager", "int8kern th 6, eager", "int8kern th 6, eager, lm_head int8",
+                         "int8kern th 6, compiled, static cache"}, stdout
+    for name, r in rows.items():
+        if name.startswith("llama.cpp") and r["error"]:
+            continue  # llama.cpp not built here: the row keeps why
+        assert r["error"] is None, (name, r["error"])
+        assert r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["decode_samples"] == gen["new_tokens"] - 1
+        assert len(r["tokens"]) == gen["new_tokens"] and r["decode_weight_MB"] > 0
+    # int8 weights: a decode step reads about a quarter of the float32 bytes once the lm_head is int8 too
+    assert rows["int8kern th 6, eager, lm_head int8"]["decode_weight_MB"] < \
+        0.3 * rows["transformers fp32, eager"]["decode_weight_MB"]
+    if rows["llama.cpp Q8_0"]["error"] is None:  # the same float weights, converted by llama.cpp
+        assert rows["llama.cpp F32"]["decode_weight_MB"] == pytest.approx(rows["transformers fp32, eager"]["decode_weight_MB"], rel=0.01)
 
 
 def test_bench_model_dry_run(tmp_path):

@@ -153,3 +153,55 @@ def test_compile_fullgraph_cpu():
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True, backend="inductor")
     torch.testing.assert_close(compiled(x), eager)
+
+
+def _tied_llama(device):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=500,
+                                   tie_word_embeddings=True, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).to(device).eval()
+
+
+def test_quantize_model_tied_lm_head(device):
+    """SmolLM2's layout: the lm_head shares the embedding's weight. Left in float by default;
+    quantize_tied=True gives it an int8 copy and leaves the embedding's float weight alone."""
+    model = _tied_llama(device)
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(3)).to(device)
+    with torch.no_grad():
+        ref_logits = model(ids).logits
+    emb = model.get_input_embeddings().weight
+    assert model.lm_head.weight is emb
+    quantize_model(model, skip_modules=())
+    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is emb
+    quantize_model(model, skip_modules=(), quantize_tied=True)
+    assert isinstance(model.lm_head, Int8LinearLt) and model.get_input_embeddings().weight is emb
+    assert emb.dtype == torch.float32
+    with torch.no_grad():
+        logits = model(ids).logits
+    rel = ((logits - ref_logits).norm() / ref_logits.norm()).item()
+    assert rel < 0.03, rel
+    assert (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean() > 0.9
+
+
+def test_generate_static_cache_compiled_fullgraph_cpu():
+    """transformers' compiled decoding (static KV cache, the decode step under torch.compile with
+    fullgraph=True, as benchmarks/bench_generate.py runs it) traces an int8kern model without a
+    graph break, through AOTAutograd (the ops' fakes), and decodes the tokens eager decoding
+    does (the same kernels)."""
+    transformers = pytest.importorskip("transformers")
+    model = quantize_model(_tied_llama("cpu"), skip_modules=(), quantize_tied=True)
+    ids = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(3))
+    kw = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids))
+    cfg = transformers.CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+    cfg._compile_all_devices = True  # transformers compiles on CUDA only unless told
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    with torch.no_grad():
+        eager = model.generate(ids, disable_compile=True, **kw)
+        compiled = model.generate(ids, cache_implementation="static", compile_config=cfg, **kw)
+    assert counters["stats"]["unique_graphs"] >= 1  # the decode step was compiled
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert compiled.tolist() == eager.tolist()
