@@ -11,8 +11,6 @@ from . import ops
 
 __all__ = ["Int8LinearLt", "quantize_model"]
 
-_int8_linear = torch.ops.int8kern.int8_linear.default
-
 
 def _quantize_weight(weight: torch.Tensor):
     """Per-output-row absmax int8 quantization of a float weight [N, K] on its own device."""
@@ -91,8 +89,10 @@ class Int8LinearLt(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The op itself, not the ops.int8_linear wrapper: one Python call less per layer call
-        # in eager decoding (threshold is already a float).
-        return _int8_linear(x, self.weight, self.weight_absmax, self.bias, self.threshold)
+        # in eager decoding (threshold is already a float). Through ops._ops, the backend the
+        # ops module currently uses: torch.ops.int8kern, or int8kern_emu inside
+        # int8kern.emu.backend() (the emulated CUDA kernels).
+        return ops._ops.int8_linear.default(x, self.weight, self.weight_absmax, self.bias, self.threshold)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
