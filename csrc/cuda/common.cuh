@@ -1,4 +1,4 @@
-// Shared device helpers for the int8kern CUDA kernels (quantize.cu, outliers.cu, the GEMMs,
+// Shared device helpers for the int8kern CUDA kernels (quantize.cu, the GEMMs,
 // dequantize.cu). CUDA headers only: no torch/ATen/c10, so every .cu compiles in seconds.
 //
 // Numerics contract (the pure-PyTorch reference computes the same float32 operations in the
