@@ -212,22 +212,6 @@ INT8KERN_D __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-// float64 -> T, rounded once (nearest even).
-template <typename T>
-INT8KERN_D T from_double(double v);
-template <>
-INT8KERN_D float from_double<float>(double v) {
-  return static_cast<float>(v);
-}
-template <>
-INT8KERN_D __half from_double<__half>(double v) {
-  return __double2half(v);
-}
-template <>
-INT8KERN_D __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
-  return __double2bfloat16(v);
-}
-
 // p[idx] of runtime dtype d, as float (exact: every f16/bf16 value is a float32 value).
 INT8KERN_D float load_as_float(const void* p, DType d, int64_t idx) {
   switch (d) {

@@ -224,7 +224,7 @@ struct DequantEpilogue {
       }
 #pragma unroll
       for (int k = 0; k < kGroup; ++k)
-        v[g + k] = fadd_rn(v[g + k], to_float(from_float<T>(from_double<float>(sum[k]))));
+        v[g + k] = fadd_rn(v[g + k], to_float(from_float<T>(static_cast<float>(sum[k]))));  // f64 -> f32 -> T
     }
   }
 
