@@ -4,7 +4,8 @@ int8_matmul on the CPU hands M >= 256 (K >= 16) to oneDNN on AVX512-VNNI/AMX mac
 tests in test_ops.py then exercise int8kern's tiles only at small M. Here fresh processes
 with INT8KERN_CPU_ONEDNN=0 and INT8KERN_CPU_ISA (both read once per process) run each kernel
 family on every M, with K around the 32/64-byte steps and the K slices, and at the int32
-extremes: the CPU's own (VNNI here), the AVX2 sign-trick tiles (a without -128) and the int16
+extremes: the CPU's own (VNNI here; M <= 8 reads the weight rows one after another, larger M
+uses the tiles), the AVX2 sign-trick tiles (a without -128) and the int16
 tiles they fall back to (a holding -128), and the portable loops. int32 results must be exact."""
 import os
 import subprocess
@@ -18,7 +19,7 @@ import sys, torch, int8kern
 from int8kern import ops, reference as ref
 print("ISA", torch.ops.int8kern._cpu_isa())
 g = torch.Generator().manual_seed(7)
-shapes = [(M, K, N) for M in (1, 2, 5, 64, 130) for K in (1, 31, 33, 63, 64, 65, 2047, 2048, 2049, 4160)
+shapes = [(M, K, N) for M in (1, 2, 3, 4, 5, 8, 9, 64, 130) for K in (1, 31, 33, 63, 64, 65, 2047, 2048, 2049, 4160)
           for N in (1, 7, 33)]
 bad = []
 
@@ -54,6 +55,11 @@ check(a, a[:3], "extreme -128")
 a127 = torch.full((65, 131071), -127, dtype=torch.int8)
 check(a127, a[:3], "extreme -127 x -128")
 check(a127, -a127[:3], "extreme -127 x 127")
+# The same at decode sizes (M <= 8: the weight rows streamed in address order), N = 5 for a
+# group of four weight rows and one more.
+for M in (1, 4, 7):
+    check(a[:M], a[:5], "extreme -128, M = %d" % M)
+    check(a127[:M], a[:5], "extreme -127 x -128, M = %d" % M)
 print("BAD", bad)
 """
 

@@ -214,6 +214,48 @@ INT8KERN_VNNI int32_t row_sum_vnni(const int8_t* b, int64_t K) {
   return _mm512_reduce_add_epi32(acc);
 }
 
+// Decode (a few rows of a): weight rows read one after another in address order, R_ of them
+// per call (R_ <= 4), each against MR_ rows of a (MR_ <= 4): c[i * ldc + j] = sum_k a[i][k] b[j][k]
+// (exact, assigned, not added). The tiles above read their NR weight rows side by side, a
+// 64-byte step of each in turn: on Zen 4, one thread streaming 256 MiB of rows 576 bytes long
+// that way ran at 8-10 GB/s, and row after row at 18-25 GB/s (at K = 4096 both ~18 GB/s;
+// benchmarks/NOTES.md): the hardware prefetcher follows one long stream, not eight streams
+// of nine lines. The u8 shift's correction (128 * sum_k b[j, k], see the top) is summed in the
+// same pass, one more vpdpbusd per 64 weight bytes, which costs nothing while the loop waits
+// for memory, and is applied per lane before the lane sums.
+template <int MR_, int R_>
+INT8KERN_VNNI void rows_dot_vnni(const uint8_t* au, int64_t K, const int8_t* b, int32_t* c, int64_t ldc) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i acc[MR_][4], bsum[4];
+  for (int j = 0; j < 4; ++j) {
+    bsum[j] = _mm512_setzero_si512();
+    for (int i = 0; i < MR_; ++i) acc[i][j] = _mm512_setzero_si512();
+  }
+  for (int j = 0; j < R_; ++j) {
+    const int8_t* bj = b + j * K;
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      const __m512i bv = _mm512_loadu_si512(bj + k);
+      bsum[j] = dpbusd(bsum[j], ones, bv);
+      for (int i = 0; i < MR_; ++i) acc[i][j] = dpbusd(acc[i][j], _mm512_loadu_si512(au + i * K + k), bv);
+    }
+    if (k < K) {
+      const __mmask64 tail = (__mmask64{1} << (K - k)) - 1;
+      const __m512i bv = _mm512_maskz_loadu_epi8(tail, bj + k);
+      bsum[j] = dpbusd(bsum[j], ones, bv);
+      for (int i = 0; i < MR_; ++i)
+        acc[i][j] = dpbusd(acc[i][j], _mm512_maskz_loadu_epi8(tail, au + i * K + k), bv);
+    }
+  }
+  for (int i = 0; i < MR_; ++i) {
+    __m512i d[4];
+    for (int j = 0; j < 4; ++j) d[j] = _mm512_sub_epi32(acc[i][j], _mm512_slli_epi32(bsum[j], 7));
+    alignas(16) int32_t s[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(s), lane_sums4(d[0], d[1], d[2], d[3]));
+    for (int j = 0; j < R_; ++j) c[i * ldc + j] = s[j];
+  }
+}
+
 #pragma GCC diagnostic pop
 
 // ---------------------------------------------------------------- the paths
@@ -340,13 +382,86 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
   });
 }
 
+// Decode sizes: at M <= kRowStreamMaxM the weight is read in address order, four rows at a
+// time (rows_dot_vnni, rows_dot_sign_avx2) against up to kDotMaxM rows of a; further rows of
+// a meet the same four weight rows again while they are in L1. Tasks of BLOCK_N weight rows
+// as in gemm_blocked_with (before_task and sink are called the same way). Beyond that the
+// tiles win: they load a's rows once per NR weight rows, not once per weight row, and at
+// long K they stream well anyway. On one Zen 4 core (benchmarks/NOTES.md, 2026-12-04): at
+// K = 576..2048, M = 5..8 took 0.4-0.7x the tiles' time; at K = 4096, 1.0-1.2x.
+constexpr int64_t kRowStreamMaxM = 8;
+constexpr int kDotMaxM = 4;
+bool use_row_stream(int64_t M, int64_t K) { return M <= kDotMaxM || (M <= kRowStreamMaxM && K <= 2048); }
+constexpr int kRowsPerDot = 4;
+
+template <typename AType>
+struct RowsDotTable {
+  using Fn = void (*)(const AType*, int64_t, const int8_t*, int32_t*, int64_t);
+  Fn fn[kDotMaxM + 1][kRowsPerDot + 1] = {};
+};
+#define INT8KERN_ROWS_DOT_FOR(table, kernel, m)                            \
+  table.fn[m][1] = &kernel<m, 1>; table.fn[m][2] = &kernel<m, 2>;          \
+  table.fn[m][3] = &kernel<m, 3>; table.fn[m][4] = &kernel<m, 4>;
+template <typename AType>
+RowsDotTable<AType> rows_dot_table();
+template <>
+RowsDotTable<uint8_t> rows_dot_table<uint8_t>() {
+  RowsDotTable<uint8_t> t;
+  INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 1) INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 2)
+  INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 3) INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 4)
+  return t;
+}
+template <>
+RowsDotTable<int8_t> rows_dot_table<int8_t>() {
+  RowsDotTable<int8_t> t;
+  INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 1) INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 2)
+  INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 3) INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 4)
+  return t;
+}
+#undef INT8KERN_ROWS_DOT_FOR
+
+template <typename AType, typename Sink, typename BeforeTask>
+void gemm_rows_streamed(const AType* ap, int64_t M, const int8_t* bp, int64_t N, int64_t K, Sink&& sink,
+                        BeforeTask&& before_task) {
+  static const RowsDotTable<AType> table = rows_dot_table<AType>();
+  const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
+  parallel_chunks(n_blocks, 1, N * K + M * N * K / 16, [&](int, int64_t t0, int64_t t1) {
+    int32_t acc[kRowStreamMaxM * BLOCK_N];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t j_begin = t * BLOCK_N, j_end = std::min(N, j_begin + BLOCK_N);
+      before_task(t);
+      for (int64_t j = j_begin; j < j_end; j += kRowsPerDot) {
+        const int64_t r = std::min<int64_t>(kRowsPerDot, j_end - j);
+        for (int64_t i = 0; i < M; i += kDotMaxM)
+          table.fn[std::min<int64_t>(kDotMaxM, M - i)][r](ap + i * K, K, bp + j * K,
+                                                          acc + i * BLOCK_N + (j - j_begin), BLOCK_N);
+      }
+      for (int64_t i = 0; i < M; i += kDotMaxM)
+        sink(i, static_cast<int>(std::min<int64_t>(kDotMaxM, M - i)), j_begin, j_end - j_begin,
+             acc + i * BLOCK_N, BLOCK_N);
+    }
+  });
+}
+
 template <typename Sink, typename BeforeTask>
 void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeTask&& before_task) {
   const CpuIsa isa = cpu_isa();
-  if (isa >= CpuIsa::kAvx512Vnni) {
+  const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
+  const int8_t* ap = a.data_ptr<int8_t>();
+  const bool sign_trick_exact = isa >= CpuIsa::kAvx2 && isa < CpuIsa::kAvx512Vnni &&
+                                !contains_int8_min_avx2(ap, a.numel());
+  if (isa >= CpuIsa::kAvx512Vnni && use_row_stream(M, K)) {
+    uint8_t au[kRowStreamMaxM * 4096];  // a + 128 as u8 (see the top); on the heap past 32 KiB
+    std::vector<uint8_t> au_heap(M * K > kRowStreamMaxM * 4096 ? M * K : 0);
+    uint8_t* aup = au_heap.empty() ? au : au_heap.data();
+    for (int64_t t = 0; t < M * K; ++t) aup[t] = static_cast<uint8_t>(ap[t]) ^ 0x80u;
+    gemm_rows_streamed(aup, M, b.data_ptr<int8_t>(), N, K, sink, before_task);
+  } else if (sign_trick_exact && use_row_stream(M, K)) {
+    gemm_rows_streamed(ap, M, b.data_ptr<int8_t>(), N, K, sink, before_task);
+  } else if (isa >= CpuIsa::kAvx512Vnni) {
     static const VnniPath vnni;
     gemm_blocked_with(vnni, a, b, sink, before_task);
-  } else if (isa >= CpuIsa::kAvx2 && !contains_int8_min_avx2(a.data_ptr<int8_t>(), a.numel())) {
+  } else if (sign_trick_exact) {
     static const SignAvx2Path sign_avx2;
     gemm_blocked_with(sign_avx2, a, b, sink, before_task);
   } else {

@@ -89,6 +89,35 @@ INT8KERN_AVX2 void tile_sign_avx2(const int8_t* a, int64_t lda, const int8_t* b,
     }
 }
 
+// Decode (a few rows of a): weight rows one after another in address order, R_ of them, each
+// against the MR_ rows of a: c[i * ldc + j] = sum_k a[i][k] b[j][k] (assigned). Why this order
+// and not the tile's: rows_dot_vnni in gemm_cpu.cpp. a must hold no -128.
+template <int MR_, int R_>
+INT8KERN_AVX2 void rows_dot_sign_avx2(const int8_t* a, int64_t K, const int8_t* b, int32_t* c, int64_t ldc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int j = 0; j < R_; ++j) {
+    const int8_t* bj = b + j * K;
+    __m256i acc[MR_];
+    for (int i = 0; i < MR_; ++i) acc[i] = _mm256_setzero_si256();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj + k));
+      const __m256i bu = _mm256_abs_epi8(bv);
+      for (int i = 0; i < MR_; ++i) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i * K + k));
+        const __m256i p16 = _mm256_maddubs_epi16(bu, _mm256_sign_epi8(av, bv));
+        acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p16, ones));
+      }
+    }
+    for (int i = 0; i < MR_; ++i) {
+      int32_t sum = lane_sum_avx2(acc[i]);
+      for (int64_t kk = k; kk < K; ++kk)  // K % 32 tail
+        sum += static_cast<int32_t>(a[i * K + kk]) * static_cast<int32_t>(bj[kk]);
+      c[i * ldc + j] = sum;
+    }
+  }
+}
+
 // Whether a[0..n) holds -128 (then the sign-trick tile is not exact; see the top).
 INT8KERN_AVX2 inline bool contains_int8_min_avx2(const int8_t* a, int64_t n) {
   const __m256i min8 = _mm256_set1_epi8(-128);
