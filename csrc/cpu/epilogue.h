@@ -62,9 +62,9 @@ struct OutlierColumns {
   at::Tensor weight, weight_absmax, cols;
   at::ScalarType dtype;
   // Fills wo's block b (weight rows 32 b .. 32 b + 31). int8_linear calls it from the GEMM
-  // task that streams those weight rows next, at decode sizes, so that the gather needs no
-  // parallel region of its own and finds the rows on their way into the cache.
-  void gather_block(int64_t b) const;
+  // task that has just streamed those weight rows, at decode sizes, so that the gather needs
+  // no parallel region of its own and finds the rows in L1/L2 (rows_cached: no prefetching).
+  void gather_block(int64_t b, bool rows_cached = false) const;
 };
 // xo gathered; wo gathered too when gather_weight_now, else left for gather_block.
 OutlierColumns gather_outlier_columns(const at::Tensor& x2, const at::Tensor& weight,

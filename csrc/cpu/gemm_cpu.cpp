@@ -337,12 +337,15 @@ struct VnniPath {
 };
 
 // Runs the blocked GEMM and hands each finished [mr, BLOCK_N] strip of int32 results to
-// sink(i0, mr, j0, nb, acc, ld_acc) while it is hot in cache. before_task(j_block) runs at the
-// start of each task, on the thread that runs it (int8_linear gathers the task's outlier
-// weight columns there). One parallel region for the whole product.
-template <class Path, typename Sink, typename BeforeTask>
+// sink(i0, mr, j0, nb, acc, ld_acc) while it is hot in cache. before_sink(j_block) runs once a
+// task's products are done and before its results go to sink, on the thread that runs it:
+// int8_linear gathers the task's outlier weight columns there, from weight rows the task has
+// just brought into L1/L2 (gathered before the products, the same bytes cost a cache miss
+// each and broke the rows' stream: 1/3 of the GEMV's time in a SmolLM2 decode profile).
+// One parallel region for the whole product.
+template <class Path, typename Sink, typename BeforeSink>
 void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& b, Sink&& sink,
-                       BeforeTask&& before_task) {
+                       BeforeSink&& before_sink) {
   using AType = typename Path::AType;
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   const auto ap_t = Path::prepare_a(a);
@@ -359,7 +362,6 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i_begin = (t / n_blocks) * BLOCK_M, j_begin = (t % n_blocks) * BLOCK_N;
       const int64_t i_end = std::min(M, i_begin + BLOCK_M), j_end = std::min(N, j_begin + BLOCK_N);
-      before_task(t % n_blocks);
       std::fill(acc.begin(), acc.end(), 0);
       for (int64_t k0 = 0; k0 < K; k0 += Path::kBlockK) {
         const int64_t kc = std::min(Path::kBlockK, K - k0);
@@ -374,6 +376,7 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
         }
       }
       path.finish(bp, K, j_begin, j_end - j_begin, acc.data(), BLOCK_N, i_end - i_begin);
+      before_sink(t % n_blocks);
       for (int64_t i = i_begin; i < i_end; i += MR) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i));
         sink(i, mr, j_begin, j_end - j_begin, acc.data() + (i - i_begin) * BLOCK_N, BLOCK_N);
@@ -385,7 +388,7 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
 // Decode sizes: at M <= kRowStreamMaxM the weight is read in address order, four rows at a
 // time (rows_dot_vnni, rows_dot_sign_avx2) against up to kDotMaxM rows of a; further rows of
 // a meet the same four weight rows again while they are in L1. Tasks of BLOCK_N weight rows
-// as in gemm_blocked_with (before_task and sink are called the same way). Beyond that the
+// as in gemm_blocked_with (before_sink and sink are called the same way). Beyond that the
 // tiles win: they load a's rows once per NR weight rows, not once per weight row, and at
 // long K they stream well anyway. On one Zen 4 core (benchmarks/NOTES.md, 2026-12-04): at
 // K = 576..2048, M = 5..8 took 0.4-0.7x the tiles' time; at K = 4096, 1.0-1.2x.
@@ -420,22 +423,22 @@ RowsDotTable<int8_t> rows_dot_table<int8_t>() {
 }
 #undef INT8KERN_ROWS_DOT_FOR
 
-template <typename AType, typename Sink, typename BeforeTask>
+template <typename AType, typename Sink, typename BeforeSink>
 void gemm_rows_streamed(const AType* ap, int64_t M, const int8_t* bp, int64_t N, int64_t K, Sink&& sink,
-                        BeforeTask&& before_task) {
+                        BeforeSink&& before_sink) {
   static const RowsDotTable<AType> table = rows_dot_table<AType>();
   const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
   parallel_chunks(n_blocks, 1, N * K + M * N * K / 16, [&](int, int64_t t0, int64_t t1) {
     int32_t acc[kRowStreamMaxM * BLOCK_N];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t j_begin = t * BLOCK_N, j_end = std::min(N, j_begin + BLOCK_N);
-      before_task(t);
       for (int64_t j = j_begin; j < j_end; j += kRowsPerDot) {
         const int64_t r = std::min<int64_t>(kRowsPerDot, j_end - j);
         for (int64_t i = 0; i < M; i += kDotMaxM)
           table.fn[std::min<int64_t>(kDotMaxM, M - i)][r](ap + i * K, K, bp + j * K,
                                                           acc + i * BLOCK_N + (j - j_begin), BLOCK_N);
       }
+      before_sink(t);
       for (int64_t i = 0; i < M; i += kDotMaxM)
         sink(i, static_cast<int>(std::min<int64_t>(kDotMaxM, M - i)), j_begin, j_end - j_begin,
              acc + i * BLOCK_N, BLOCK_N);
@@ -443,8 +446,8 @@ void gemm_rows_streamed(const AType* ap, int64_t M, const int8_t* bp, int64_t N,
   });
 }
 
-template <typename Sink, typename BeforeTask>
-void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeTask&& before_task) {
+template <typename Sink, typename BeforeSink>
+void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeSink&& before_sink) {
   const CpuIsa isa = cpu_isa();
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   const int8_t* ap = a.data_ptr<int8_t>();
@@ -455,22 +458,22 @@ void gemm_blocked(const at::Tensor& a, const at::Tensor& b, Sink&& sink, BeforeT
     std::vector<uint8_t> au_heap(M * K > kRowStreamMaxM * 4096 ? M * K : 0);
     uint8_t* aup = au_heap.empty() ? au : au_heap.data();
     for (int64_t t = 0; t < M * K; ++t) aup[t] = static_cast<uint8_t>(ap[t]) ^ 0x80u;
-    gemm_rows_streamed(aup, M, b.data_ptr<int8_t>(), N, K, sink, before_task);
+    gemm_rows_streamed(aup, M, b.data_ptr<int8_t>(), N, K, sink, before_sink);
   } else if (sign_trick_exact && use_row_stream(M, K)) {
-    gemm_rows_streamed(ap, M, b.data_ptr<int8_t>(), N, K, sink, before_task);
+    gemm_rows_streamed(ap, M, b.data_ptr<int8_t>(), N, K, sink, before_sink);
   } else if (isa >= CpuIsa::kAvx512Vnni) {
     static const VnniPath vnni;
-    gemm_blocked_with(vnni, a, b, sink, before_task);
+    gemm_blocked_with(vnni, a, b, sink, before_sink);
   } else if (sign_trick_exact) {
     static const SignAvx2Path sign_avx2;
-    gemm_blocked_with(sign_avx2, a, b, sink, before_task);
+    gemm_blocked_with(sign_avx2, a, b, sink, before_sink);
   } else {
     static const Int16Path int16(isa >= CpuIsa::kAvx2);
-    gemm_blocked_with(int16, a, b, sink, before_task);
+    gemm_blocked_with(int16, a, b, sink, before_sink);
   }
 }
 
-void no_task_prologue(int64_t) {}
+void no_task_epilogue(int64_t) {}
 
 // oneDNN for the large-M GEMMs (see the top): M >= 256, K >= 16, VNNI or AMX present.
 bool use_onednn(int64_t M, int64_t K) {
@@ -495,7 +498,7 @@ at::Tensor int8_matmul_cpu(const at::Tensor& a_in, const at::Tensor& b_in) {
   int32_t* op = out.data_ptr<int32_t>();
   gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
     for (int ii = 0; ii < mr; ++ii) std::memcpy(op + (i + ii) * N + j0, acc + ii * ld, nb * sizeof(int32_t));
-  }, no_task_prologue);
+  }, no_task_epilogue);
   return out;
 }
 
@@ -539,7 +542,7 @@ at::Tensor int8_scaled_matmul_operands_cpu(const at::Tensor& a_in, const at::Ten
     gemm_blocked(a, b, [&](int64_t i, int mr, int64_t j0, int64_t nb, const int32_t* acc, int64_t ld) {
       dequantize_tile<OutT, AddT>(e, i, mr, j0, nb, acc, ld, o + i * N + j0, N);
     }, [&](int64_t j_block) {
-      if (gather_outliers_per_task) gather_outliers_per_task->gather_block(j_block);
+      if (gather_outliers_per_task) gather_outliers_per_task->gather_block(j_block, /*rows_cached=*/true);
     });
   });
   return out;

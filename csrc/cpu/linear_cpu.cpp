@@ -8,7 +8,7 @@
 // At decode sizes the call opens one parallel region (parallel.h): quantizing x, finding and
 // gathering its outlier columns are too little work for a second thread and run on the
 // calling one, and the weight's outlier columns are gathered inside the GEMM's tasks, by the
-// thread that streams those weight rows next.
+// thread that has just streamed those weight rows.
 #include <torch/library.h>
 
 #include "../int8_linear.h"

@@ -21,7 +21,7 @@
 namespace int8kern {
 namespace cpu {
 
-void OutlierColumns::gather_block(int64_t b) const {
+void OutlierColumns::gather_block(int64_t b, bool rows_cached) const {
   const int64_t K = weight.size(1), N = weight.size(0), n = cols.size(0);
   const int64_t* cp = cols.data_ptr<int64_t>();
   const int8_t* wp = weight.data_ptr<int8_t>();
@@ -30,10 +30,12 @@ void OutlierColumns::gather_block(int64_t b) const {
   const int64_t j0 = b * 32, j1 = std::min(N, j0 + 32);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "int8_linear", [&] {
     // n bytes from each weight row: one cache line (and, in a large weight, one page) per byte
-    // apart from neighbours, so the rows a few ahead are prefetched to keep misses in flight.
+    // apart from neighbours, so the rows a few ahead are prefetched to keep misses in flight,
+    // unless they are in cache already: then prefetching the next block's rows would pull
+    // them in ahead of the GEMM's stream over them, a miss each.
     constexpr int64_t kAhead = 8;
     for (int64_t j = j0; j < j1; ++j) {
-      if (j + kAhead < N)
+      if (!rows_cached && j + kAhead < N)
         for (int64_t k = 0; k < n; ++k) __builtin_prefetch(wp + (j + kAhead) * K + cp[k]);
       const float scale = ap[j] / 127.0f;  // a true division, as the reference's
       double* dst = dst_block + j % 32;
