@@ -26,6 +26,8 @@ Rows:
   int8kern th 6 compiled        the same, decoding with transformers' static KV cache and the
                                 decode step under torch.compile (inductor, fullgraph=True: no
                                 graph break allowed); the prefill runs eagerly in generate().
+Every transformers row runs with TRANSFORMERS_SDPA_FORCE_GQA=1 (see below) unless the
+environment says otherwise; the header line says which.
 A method that cannot run (llama.cpp not built, say) keeps its row, with the reason.
 
 Run by bench_ops.py (make bench); alone: python benchmarks/bench_generate.py [--dry-run].
@@ -48,6 +50,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Grouped-query attention inside torch's SDPA (enable_gqa) for every transformers row. Without
+# it, transformers 5.24 on a CPU repeats SmolLM2's 3 KV heads to 9 (repeat_kv) whenever the
+# attention is compiled: a copy of the whole static KV cache per layer and token, then read
+# again (1.25 MB a layer at 544 positions, ~2.7x the K and V bytes the step needs); eager
+# decode packs the query heads instead (pack_gqa), and enables GQA in SDPA only on XPU/MPS or
+# without a mask. torch's CPU SDPA takes a mask with enable_gqa and gives the same values
+# (equal to repeat_kv's on SmolLM2's decode shapes, 2026-12-04). TRANSFORMERS_SDPA_FORCE_GQA=0
+# in the environment measures transformers' default instead.
+os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
 import torch
 
@@ -331,9 +342,10 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     """Measures the table, prints it, returns it as a dict (written to `out` if given)."""
     isa = cpu_isa()
     n_threads = threads()
-    print(f"\n-- text generation, CPU: {isa['cpu']}; ISA: {isa['isa']}; {n_threads} threads for every method",
-          flush=True)
-    result = {"cpu": isa, "threads": n_threads, "rows": [], "skipped": None}
+    gqa = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    print(f"\n-- text generation, CPU: {isa['cpu']}; ISA: {isa['isa']}; {n_threads} threads for every method; "
+          f"TRANSFORMERS_SDPA_FORCE_GQA={gqa}", flush=True)
+    result = {"cpu": isa, "threads": n_threads, "rows": [], "skipped": None, "transformers_sdpa_force_gqa": gqa}
     try:
         hf_dir = models.smollm2_safetensors_dir()
         model_name = "SmolLM2-135M-Instruct"
