@@ -126,6 +126,44 @@ def test_bad_override_in_the_process_is_a_clear_error():
     assert "'lots'" in out.stderr
 
 
+@pytest.mark.parametrize("value", ["soon", "-1", "2000000"])
+def test_bad_poll_window_is_a_clear_error(value):
+    """INT8KERN_CPU_POLL_US (how long an idle helper polls for the next call) is read on the
+    calling thread when work is first offered or too small for a sleeping helper, and a bad
+    value is an error there, not a crash in a helper thread."""
+    code = ("import torch, int8kern\nfrom int8kern import ops\n"
+            "ops.int8_matmul(torch.ones(64, 4096, dtype=torch.int8), torch.ones(512, 4096, dtype=torch.int8))\n")
+    env = dict(os.environ, INT8KERN_CPU_POLL_US=value, INT8KERN_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "INT8KERN_CPU_POLL_US must be a whole number of microseconds" in out.stderr, \
+        out.stderr[-2000:]
+    assert f"'{value}'" in out.stderr
+
+
+@pytest.mark.parametrize("poll_us", ["0", "200"])
+def test_poll_window_keeps_results(poll_us):
+    """Helpers that sleep at once (0) or poll (the default): the same bits as one thread, for
+    layers above and below the work that only a polling helper shares."""
+    code = ("import torch, int8kern\ng = torch.Generator().manual_seed(0)\nok = True\n"
+            "for K, N in ((576, 192), (576, 1536), (4096, 4096)):\n"
+            "    lin = int8kern.Int8LinearLt.from_linear(torch.nn.Linear(K, N), threshold=6.0)\n"
+            "    x = torch.randn(3, K, generator=g); x[:, 5] = 9.0\n"
+            "    with torch.inference_mode():\n"
+            "        many = [lin(x) for _ in range(20)]\n"
+            "        torch.set_num_threads(1); one = lin(x); torch.set_num_threads(2)\n"
+            "    ok &= all(torch.equal(m, one) for m in many)\n"
+            "print('OK' if ok else 'DIFFER', torch.ops.int8kern._cpu_parallel_regions() > 0)\n")
+    env = dict(os.environ, INT8KERN_CPU_POLL_US=poll_us,
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    env.pop("INT8KERN_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "OK", out.stdout
+    if len(os.sched_getaffinity(0)) > 1:
+        assert out.stdout.split()[1] == "True", out.stdout  # some call did run on two threads
+
+
 def test_override_wins_over_torch_threads():
     code = "import torch, int8kern\ntorch.set_num_threads(1)\nprint(torch.ops.int8kern._cpu_threads())\n"
     assert run_python(code, INT8KERN_NUM_THREADS="2").split() == ["2"]

@@ -53,8 +53,9 @@ const CpuBudget& cpu_budget();
 int cpu_threads();
 
 // Below this much work (bytes streamed, or the equivalent in multiply-accumulates, see the
-// callers) a call runs on one thread: waking a helper costs 10-50 us on a VM, about what a
-// single thread needs to stream this many bytes from L3.
+// callers) a call runs on one thread unless a helper is polling for work already (then the
+// floor is 96 KiB, parallel_cpu.cpp): waking a sleeping helper costs 10-50 us on a VM, about
+// what a single thread needs to stream this many bytes from L3.
 constexpr int64_t kMinParallelWork = int64_t{1} << 20;
 
 // fn(worker, begin, end) for consecutive ranges covering [0, n), each at most `grain` long.

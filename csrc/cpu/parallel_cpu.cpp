@@ -2,7 +2,6 @@
 #include "parallel.h"
 
 #include <ATen/Parallel.h>
-#include <c10/core/thread_pool.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 #include <immintrin.h>
@@ -21,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -169,16 +169,25 @@ std::atomic<int64_t> serial_until_ns{0};
 std::atomic<int64_t> backoff_ns{kMinBackoffNs};
 std::atomic<int64_t> stalls_seen{0};
 
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A stall was seen: the calls of the next backoff_ns run on one thread, and the next backoff
+// is twice as long.
+void back_off() {
+  stalls_seen.fetch_add(1);
+  const int64_t b = backoff_ns.load();
+  serial_until_ns.store(now_ns() + b);
+  backoff_ns.store(std::min(kMaxBackoffNs, 2 * b));
+}
+
 // Involuntary context switches of the calling thread so far: the OS took the CPU from it to
 // run something else, which on a quiet machine does not happen within a sub-millisecond call.
 int64_t preemptions_of_this_thread() {
   struct rusage usage;
   return getrusage(RUSAGE_THREAD, &usage) == 0 ? usage.ru_nivcsw : 0;
-}
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
 }
 
 // One parallel_chunks call, shared with the helpers it wakes. The helpers hold it by
@@ -215,14 +224,88 @@ struct Job {
 };
 
 // The helper threads: cpu_budget().threads - 1 of them, started on first use and never
-// destroyed (a pool joined by a static destructor at exit could wait on a thread the exit
+// destroyed (joining them from a static destructor at exit could wait on a thread the exit
 // already stopped). After fork() the child has none of them; it starts its own.
+//
+// Offers go through one slot: the latest Job and a sequence number bumped with every offer.
+// A helper that has finished its work keeps polling the sequence number for poll_ns() before it
+// sleeps on it (a futex): the calls of a decode step come tens of microseconds apart, and a
+// polling helper takes an offer within a microsecond, where waking a sleeping one costs 10-50
+// us on a VM, as much as the smaller layers' whole GEMV. So work down to
+// kMinParallelWorkPolled is shared while a helper polls, and kMinParallelWork's rule holds
+// otherwise; a call too small for a sleeping helper pokes it awake (no work, just the bump) so
+// that the next calls find it polling. A helper that never gets the CPU (a neighbour holds
+// its core) leaves every chunk to the caller: nothing waits for it.
+// INT8KERN_CPU_POLL_US overrides the window (0: helpers sleep at once, every call below
+// kMinParallelWork runs on one thread).
+constexpr int64_t kDefaultPollNs = 200'000;
+int64_t poll_ns() {
+  static const int64_t ns = [] {
+    const char* env = std::getenv("INT8KERN_CPU_POLL_US");
+    if (env == nullptr) return kDefaultPollNs;
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK(end != env && *end == '\0' && errno == 0 && v >= 0 && v <= 1'000'000,
+                "int8kern: INT8KERN_CPU_POLL_US must be a whole number of microseconds from 0 to 1000000, got '",
+                env, "'");
+    return static_cast<int64_t>(v) * 1000;
+  }();
+  return ns;
+}
+constexpr int64_t kMinParallelWorkPolled = int64_t{96} << 10;
+
 struct Helpers {
-  c10::ThreadPool* pool = nullptr;
   int size = 0;
-  // Offers posted but not yet picked up. At most `size`: a helper that another process keeps
-  // off the CPU would otherwise collect one queued offer per call until it runs again.
-  std::atomic<int> queued{0};
+  std::mutex job_mutex;
+  std::shared_ptr<Job> job;  // the latest offer (null after a poke)
+  std::atomic<uint32_t> offer_seq{0};
+  std::atomic<int> polling{0};   // helpers within their poll_ns() window now
+  std::atomic<int> sleeping{0};  // helpers asleep on offer_seq
+
+  void offer(std::shared_ptr<Job> j) {
+    {
+      std::lock_guard<std::mutex> lock(job_mutex);
+      job = std::move(j);
+    }
+    offer_seq.fetch_add(1);
+    if (sleeping.load() > 0) offer_seq.notify_all();
+  }
+
+  void run_helper() {
+    uint32_t seen = offer_seq.load();
+    const int64_t window = poll_ns();
+    while (true) {
+      polling.fetch_add(1);
+      const int64_t deadline = now_ns() + window;
+      for (int i = 0; offer_seq.load(std::memory_order_relaxed) == seen; ++i) {
+        _mm_pause();
+        if ((i & 63) != 63) continue;
+        if (now_ns() > deadline) break;
+        // Another runnable thread on this core (torch's OpenMP workers between our calls, a
+        // neighbour) runs now instead of this poll.
+        sched_yield();
+      }
+      polling.fetch_sub(1);
+      if (offer_seq.load() == seen) {
+        sleeping.fetch_add(1);
+        // The offer may have come between the check and the increment: wait returns at once
+        // when the value differs from `seen`.
+        offer_seq.wait(seen);
+        sleeping.fetch_sub(1);
+        continue;
+      }
+      seen = offer_seq.load();
+      std::shared_ptr<Job> j;
+      {
+        std::lock_guard<std::mutex> lock(job_mutex);
+        j = job;
+      }
+      if (!j) continue;
+      const int worker = j->next_worker.fetch_add(1);
+      if (worker < j->max_workers) j->work(worker);
+    }
+  }
 };
 std::mutex helpers_mutex;
 Helpers* helpers_now = nullptr;
@@ -235,20 +318,13 @@ Helpers& helpers() {
       return true;
     }();
     (void)registered;
+    (void)poll_ns();  // a bad INT8KERN_CPU_POLL_US throws here, not in a helper thread
     auto* h = new Helpers;
     h->size = static_cast<int>(std::max<int64_t>(1, cpu_budget().threads - 1));
-    h->pool = new c10::ThreadPool(h->size);
+    for (int t = 0; t < h->size; ++t) std::thread([h] { h->run_helper(); }).detach();
     helpers_now = h;
   }
   return *helpers_now;
-}
-
-// Takes one of the pool's offer slots; false when every helper already has one waiting.
-bool take_offer_slot(Helpers& h) {
-  int q = h.queued.load();
-  while (q < h.size)
-    if (h.queued.compare_exchange_weak(q, q + 1)) return true;
-  return false;
 }
 
 }  // namespace
@@ -293,31 +369,40 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t n_chunks = (n + grain - 1) / grain;
-  const int threads = (inside_chunk || at::in_parallel_region() || n_chunks < 2 || work < kMinParallelWork ||
-                       now_ns() < serial_until_ns.load(std::memory_order_relaxed))
-                          ? 1
-                          : static_cast<int>(std::min<int64_t>(max_workers > 0 ? max_workers : cpu_threads(), n_chunks));
-  if (threads == 1) {
+  const int max_threads = max_workers > 0 ? max_workers : cpu_threads();
+  if (inside_chunk || at::in_parallel_region() || n_chunks < 2 || max_threads < 2 ||
+      work < kMinParallelWorkPolled || now_ns() < serial_until_ns.load(std::memory_order_relaxed)) {
     fn(0, 0, n);
     return;
   }
+  if (work < kMinParallelWork && poll_ns() == 0) {
+    fn(0, 0, n);
+    return;
+  }
+  Helpers& h = helpers();
+  if (work < kMinParallelWork && h.polling.load() == 0) {
+    // Too small to wait for a sleeping helper: run it here, and poke the helpers so that the
+    // calls that follow find them polling (see Helpers). A poked helper that finds no idle
+    // core polls on this one: the caller preempted during the call is a stall, as below.
+    if (h.sleeping.load() == 0) {
+      fn(0, 0, n);
+      return;
+    }
+    const int64_t preempted_before = preemptions_of_this_thread();
+    h.offer(nullptr);
+    fn(0, 0, n);
+    if (preemptions_of_this_thread() > preempted_before) back_off();
+    return;
+  }
+  const int threads = static_cast<int>(std::min<int64_t>(max_threads, n_chunks));
   auto job = std::make_shared<Job>();
   job->n = n;
   job->grain = grain;
   job->n_chunks = n_chunks;
   job->fn = &fn;
   job->max_workers = threads;
-  Helpers& h = helpers();
-  int offers = 0;
-  while (offers < threads - 1 && take_offer_slot(h)) {
-    ++offers;
-    h.pool->run([job, helpers = &h] {
-      helpers->queued.fetch_sub(1);
-      const int worker = job->next_worker.fetch_add(1);
-      if (worker < job->max_workers) job->work(worker);
-    });
-  }
-  if (offers > 0) regions_offered.fetch_add(1);
+  h.offer(job);
+  regions_offered.fetch_add(1);
   const int64_t preempted_before = preemptions_of_this_thread();
   const int64_t start = now_ns();
   const int64_t own_chunks = job->work(0);
@@ -332,10 +417,7 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
   // waits for its turn behind other processes, for a whole time slice of theirs).
   const bool preempted = preemptions_of_this_thread() > preempted_before;
   if (preempted || waited > kStallSlackNs + 2 * (own_end - start) / std::max<int64_t>(1, own_chunks)) {
-    stalls_seen.fetch_add(1);
-    const int64_t b = backoff_ns.load();
-    serial_until_ns.store(now_ns() + b);
-    backoff_ns.store(std::min(kMaxBackoffNs, 2 * b));
+    back_off();
   } else if (own_chunks < n_chunks) {  // a helper did its share, in time
     backoff_ns.store(std::max(kMinBackoffNs, backoff_ns.load() / 2));
   }
