@@ -402,25 +402,23 @@ struct RowsDotTable {
   using Fn = void (*)(const AType*, int64_t, const int8_t*, int32_t*, int64_t);
   Fn fn[kDotMaxM + 1][kRowsPerDot + 1] = {};
 };
-#define INT8KERN_ROWS_DOT_FOR(table, kernel, m)                            \
-  table.fn[m][1] = &kernel<m, 1>; table.fn[m][2] = &kernel<m, 2>;          \
-  table.fn[m][3] = &kernel<m, 3>; table.fn[m][4] = &kernel<m, 4>;
 template <typename AType>
 RowsDotTable<AType> rows_dot_table();
-template <>
-RowsDotTable<uint8_t> rows_dot_table<uint8_t>() {
-  RowsDotTable<uint8_t> t;
-  INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 1) INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 2)
-  INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 3) INT8KERN_ROWS_DOT_FOR(t, rows_dot_vnni, 4)
-  return t;
-}
-template <>
-RowsDotTable<int8_t> rows_dot_table<int8_t>() {
-  RowsDotTable<int8_t> t;
-  INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 1) INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 2)
-  INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 3) INT8KERN_ROWS_DOT_FOR(t, rows_dot_sign_avx2, 4)
-  return t;
-}
+// rows_dot_table<AType>(): the table of `kernel`<m, r> for every m <= kDotMaxM, r <= kRowsPerDot.
+#define INT8KERN_ROWS_DOT_FOR(kernel, m)                 \
+  t.fn[m][1] = &kernel<m, 1>; t.fn[m][2] = &kernel<m, 2>; \
+  t.fn[m][3] = &kernel<m, 3>; t.fn[m][4] = &kernel<m, 4>;
+#define INT8KERN_ROWS_DOT_TABLE(AType, kernel)                                            \
+  template <>                                                                             \
+  RowsDotTable<AType> rows_dot_table<AType>() {                                           \
+    RowsDotTable<AType> t;                                                                \
+    INT8KERN_ROWS_DOT_FOR(kernel, 1) INT8KERN_ROWS_DOT_FOR(kernel, 2)                     \
+    INT8KERN_ROWS_DOT_FOR(kernel, 3) INT8KERN_ROWS_DOT_FOR(kernel, 4)                     \
+    return t;                                                                             \
+  }
+INT8KERN_ROWS_DOT_TABLE(uint8_t, rows_dot_vnni)
+INT8KERN_ROWS_DOT_TABLE(int8_t, rows_dot_sign_avx2)
+#undef INT8KERN_ROWS_DOT_TABLE
 #undef INT8KERN_ROWS_DOT_FOR
 
 template <typename AType, typename Sink, typename BeforeSink>
