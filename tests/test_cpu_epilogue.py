@@ -57,6 +57,24 @@ def test_int8_linear_outlier_term_exact(dtype, M):
         _same(ops.int8_linear(x, weight, absmax, bias, threshold), ref.int8_linear(x, weight, absmax, bias, threshold))
 
 
+@pytest.mark.parametrize("K", [1, 3, 4, 5, 7, 65])
+def test_outlier_weight_columns_at_row_ends(K):
+    """The weight's outlier columns are gathered 16 rows at a time with dword gathers on
+    AVX-512 (float32 x at decode sizes): a column within 3 bytes of the row's end is read from
+    3 bytes before it (its byte then on top), never past the row. The values of both reads
+    against the reference: every column an outlier (threshold 0.5), the last weight column at
+    -128, N around the 16-row groups and 32-row blocks."""
+    g = torch.Generator().manual_seed(K)
+    for N in (1, 15, 16, 17, 33, 100):
+        for M in (1, 3):
+            x = torch.randn(M, K, generator=g) * 3
+            weight, absmax = ref.quantize_weight(torch.randn(N, K, generator=g) * 0.05)
+            weight[:, -1] = -128
+            for threshold in (0.5, 6.0):
+                _same(ops.int8_linear(x, weight, absmax, None, threshold),
+                      ref.int8_linear(x, weight, absmax, None, threshold))
+
+
 SCRIPT = r"""
 import sys, torch
 from int8kern import ops, reference as ref
