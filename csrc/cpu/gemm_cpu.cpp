@@ -385,7 +385,7 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
   });
 }
 
-// Decode sizes: at M <= kRowStreamMaxM the weight is read in address order, four rows at a
+// Decode sizes (use_row_stream below): the weight is read in address order, four rows at a
 // time (rows_dot_vnni, rows_dot_sign_avx2) against up to kDotMaxM rows of a; further rows of
 // a meet the same four weight rows again while they are in L1. Tasks of BLOCK_N weight rows
 // as in gemm_blocked_with (before_sink and sink are called the same way). Beyond that the

@@ -371,11 +371,8 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
   const int64_t n_chunks = (n + grain - 1) / grain;
   const int max_threads = max_workers > 0 ? max_workers : cpu_threads();
   if (inside_chunk || at::in_parallel_region() || n_chunks < 2 || max_threads < 2 ||
-      work < kMinParallelWorkPolled || now_ns() < serial_until_ns.load(std::memory_order_relaxed)) {
-    fn(0, 0, n);
-    return;
-  }
-  if (work < kMinParallelWork && poll_ns() == 0) {
+      work < kMinParallelWorkPolled || (work < kMinParallelWork && poll_ns() == 0) ||
+      now_ns() < serial_until_ns.load(std::memory_order_relaxed)) {
     fn(0, 0, n);
     return;
   }
