@@ -26,6 +26,9 @@ Rows:
   int8kern th 6 compiled        the same, decoding with transformers' static KV cache and the
                                 decode step under torch.compile (inductor, fullgraph=True: no
                                 graph break allowed); the prefill runs eagerly in generate().
+  int8kern th 6 compiled, int8kern attention   the same with attn_implementation="int8kern":
+                                int8kern.ops.decode_attention for each decode step's attention
+                                (int8kern/hf/attention.py), transformers' SDPA for the prefill.
 Every transformers row runs with TRANSFORMERS_SDPA_FORCE_GQA=1 (see below) unless the
 environment says otherwise; the header line says which.
 A method that cannot run (llama.cpp not built, say) keeps its row, with the reason.
@@ -63,6 +66,7 @@ os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 import torch
 
 import int8kern
+import int8kern.hf  # registers the attention implementation "int8kern"
 from int8kern.eval import models
 
 from timing import cpu_isa
@@ -310,8 +314,9 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
-    def int8(lm_head: bool):
+    def int8(lm_head: bool, attention: str = "sdpa"):
         m = copy.deepcopy(base)
+        m.set_attn_implementation(attention)
         if lm_head:
             return int8kern.quantize_model(m, THRESHOLD, skip_modules=(), quantize_tied=True, progress=False)
         return int8kern.quantize_model(m, THRESHOLD, progress=False)
@@ -334,6 +339,8 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
         Method(f"int8kern th {THRESHOLD:g}, eager", lambda: HFRunner(int8(False)), "int8, lm_head float32"),
         Method(f"int8kern th {THRESHOLD:g}, eager, lm_head int8", lambda: HFRunner(int8(True)), "int8"),
         Method(f"int8kern th {THRESHOLD:g}, compiled, static cache", lambda: HFRunner(int8(True), backend), "int8"),
+        Method(f"int8kern th {THRESHOLD:g}, compiled, int8kern attention",
+               lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend), "int8"),
     ]
     return methods
 
@@ -409,7 +416,7 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     print(f"   {model_name}, prompt: {ids.shape[1]} tokens of {text}; greedy decode of {new_tokens} tokens, "
           f"{rounds} rounds; median per token over the rounds")
-    print(f"   {'method':<42} {'weights':<22} {'MB/token':>9} {'prefill ms':>11} {'decode ms/tok':>14} "
+    print(f"   {'method':<44} {'weights':<22} {'MB/token':>9} {'prefill ms':>11} {'decode ms/tok':>14} "
           f"{'vs Q8_0':>8}  first tokens")
     for m in methods:
         row = {"method": m.name, "weights": m.weights, "error": m.error}
@@ -423,10 +430,10 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
                        warmup_s=getattr(m, "warmup_s", None), tokens=m.tokens,
                        tokens_same_as_fp32=same)
             vs_s = "" if vs is None else f"{vs:7.2f}x"
-            print(f"   {m.name:<42} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
+            print(f"   {m.name:<44} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
                   f"{dec * 1e3:14.2f} {vs_s:>8}  {m.tokens[:6]}", flush=True)
         else:
-            print(f"   {m.name:<42} {m.weights:<22} skipped: {m.error}", flush=True)
+            print(f"   {m.name:<44} {m.weights:<22} skipped: {m.error}", flush=True)
         result["rows"].append(row)
     print("   vs Q8_0: decode time per token / llama.cpp Q8_0's (< 1: faster than llama.cpp); MB/token: "
           "weight bytes a decode step reads")

@@ -122,20 +122,43 @@ def layer_items(K, N, Ms, copies, seed=0):
 
 def model_items(tokens):
     """SmolLM2 greedy decode, one fn per model that decodes `tokens` tokens and returns the
-    seconds of each step; or the reason it cannot run."""
+    seconds of each step; or the reason it cannot run. The int8kern model also with its decode
+    attention (attn_implementation "int8kern": no OpenMP region of torch's SDPA per layer), and
+    that once more with torch's own ops on one thread and int8kern's kernels on the condition's
+    thread count (int8kern.set_num_threads), README's advice for a shared machine."""
     from int8kern.eval import models, run as ev
     try:
         bundle = models.load("smollm2", "cpu")
+        import int8kern.hf  # the attention implementation "int8kern"
     except Exception as e:  # the model package (requirements-eval.txt) is not installed
         return None, f"{type(e).__name__}: {e}"
     prompt = bundle.tokenizer(ev.DEFAULT_PROMPT, return_tensors="pt").input_ids
-    items = []
+
+    def torch_on_one_thread(fn):
+        def run():
+            n = torch.get_num_threads()
+            torch.set_num_threads(1)
+            int8kern.set_num_threads(n)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(n)
+                int8kern.set_num_threads(0)
+        return run
+
     base = "SmolLM2 decode float32, per token"
-    for method, name in (("fp32", base), ("llm_int8", "SmolLM2 decode Int8LinearLt th 6, per token")):
-        model = ev.build(method, bundle.model, 6.0, "cpu")
-        ev.greedy(model, prompt, 2, "cpu")  # warm-up
-        items.append((name, 1, lambda model=model: ev.greedy(model, prompt, tokens, "cpu")[1],
-                      None if method == "fp32" else base))
+    fp32 = ev.build("fp32", bundle.model, 6.0, "cpu")
+    int8 = ev.build("llm_int8", bundle.model, 6.0, "cpu")
+    int8_attention = ev.build("llm_int8", bundle.model, 6.0, "cpu")
+    int8_attention.set_attn_implementation(int8kern.hf.ATTN_IMPLEMENTATION)
+    decode = lambda model: lambda: ev.greedy(model, prompt, tokens, "cpu")[1]  # noqa: E731
+    items = []
+    for name, fn in ((base, decode(fp32)),
+                     ("SmolLM2 decode Int8LinearLt th 6, per token", decode(int8)),
+                     ("SmolLM2 decode th 6 + int8kern attention, per token", decode(int8_attention)),
+                     ("the same, torch's ops on 1 thread, per token", torch_on_one_thread(decode(int8_attention)))):
+        fn()  # warm-up
+        items.append((name, 1, fn, None if name == base else base))
     return items, None
 
 

@@ -7,6 +7,7 @@ device; anything else is refused with a RuntimeError that names the op and the a
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -19,6 +20,9 @@ __all__ = [
     "dequantize_matmul",
     "int8_scaled_matmul",
     "int8_linear",
+    "decode_attention",
+    "get_num_threads",
+    "set_num_threads",
 ]
 
 _ops = torch.ops.int8kern
@@ -87,6 +91,46 @@ def int8_linear(
     Every backend gives the same bits as `int8kern.reference.int8_linear`.
     """
     return _ops.int8_linear(x, weight, weight_absmax, bias, float(threshold))
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Attention of one query position per head over a KV cache (a decode step), on the CPU:
+    softmax(query @ key.T * scale, masked) @ value, with grouped-query attention.
+
+    query [B, Hq, 1, D]; key and value [B, Hkv, S, D] with Hkv dividing Hq (query head h reads
+    KV head h // (Hq // Hkv), as SDPA's enable_gqa does), all of one float dtype; attn_mask
+    bool [B or 1, 1, 1, S] (True: attend) or None; scale defaults to D ** -0.5. Returns
+    [B, Hq, 1, D] in query's dtype, computed in float32. Positions the mask hides are not read.
+    A query that attends to no position gives 0, as torch's CPU SDPA does. Each K and V row is
+    read once for all the query heads it serves, in address order: on a CPU several times
+    faster than torch's SDPA for this shape. See `int8kern.reference.decode_attention`.
+    """
+    if scale is None:
+        scale = query.size(-1) ** -0.5
+    return _ops.decode_attention(query, key, value, attn_mask, float(scale))
+
+
+def get_num_threads() -> int:
+    """Threads int8kern's CPU kernels use now (see set_num_threads)."""
+    return _ops._cpu_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for int8kern's CPU kernels from now on, apart from torch's (`torch.set_num_threads`
+    sets torch's OpenMP threads). Default (n = 0 restores it): INT8KERN_NUM_THREADS if set, else
+    min(torch.get_num_threads(), the CPUs this process may use: affinity and cgroup quota).
+
+    Why apart: torch's OpenMP regions wait for every thread of the team at their end, while
+    int8kern's kernels never wait for a thread the OS has not scheduled. On a shared machine, and
+    for decoding a small model, torch on one thread and int8kern on two is the faster pair
+    (README, "On a shared or capped CPU")."""
+    _ops._set_cpu_threads(int(n))
 
 
 # ---- fake (meta) implementations: shapes and dtypes only ----
@@ -242,6 +286,29 @@ def _fake_int8_linear(x, weight, weight_absmax, bias, threshold):
     return x.new_empty((*x.shape[:-1], N))
 
 
+def _fake_decode_attention(query, key, value, attn_mask, scale):
+    op = "decode_attention"  # csrc/cpu/attention_cpu.cpp: check_decode_attention_args
+    _check_float_tensor(op, "query", query, 4, "[B, Hq, 1, D]")
+    _check_arg(query.size(2) == 1, op, "query", "[B, Hq, 1, D] (one query position)", query)
+    B, Hq, _, D = query.shape
+    _check_arg(key.dtype == query.dtype and key.dim() == 4, op, "key",
+               f"{_dtype_name(query.dtype)} [B, Hkv, S, D] (query's dtype)", key)
+    _check_arg(key.size(0) == B and key.size(3) == D and key.size(1) >= 1 and Hq % key.size(1) == 0, op, "key",
+               f"[B, Hkv, S, D] with B = {B}, D = {D} and Hkv dividing Hq = {Hq}", key)
+    _check_same_device(op, "key", key, query)
+    _check_arg(value.dtype == key.dtype and value.shape == key.shape, op, "value",
+               f"of key's dtype and shape ({_describe(key)})", value)
+    _check_same_device(op, "value", value, query)
+    if attn_mask is not None:
+        m = attn_mask
+        _check_arg(m.dtype == torch.bool and m.dim() == 4 and m.size(0) in (1, B) and m.size(1) == 1
+                   and m.size(2) == 1 and m.size(3) == key.size(2), op, "attn_mask",
+                   f"bool [B or 1, 1, 1, S] with S = {key.size(2)}", m)
+        _check_same_device(op, "attn_mask", m, query)
+    torch._check(math.isfinite(scale), lambda: f"int8kern.{op}: scale must be finite, got {scale:g}")
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
 # ---- autograd: gradients for x and bias (the int8 weight is frozen); csrc/int8_linear_autograd.cpp
 # does the same in C++ for torch.ops.int8kern, this is the emulator's (int8kern_emu) ----
 
@@ -285,3 +352,4 @@ def _register_python_parts(namespace: str, autograd: bool = True) -> None:
 
 
 _register_python_parts("int8kern", autograd=False)
+torch.library.register_fake("int8kern::decode_attention")(_fake_decode_attention)  # CPU only: no emulated twin

@@ -19,6 +19,7 @@ __all__ = [
     "int8_linear",
     "outlier_product",
     "quantize_weight",
+    "decode_attention",
 ]
 
 
@@ -156,3 +157,36 @@ def quantize_weight(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-output-row absmax quantization of a float weight [N, K]: (int8 [N, K], float32 [N])."""
     q, absmax, _ = quantize_rowwise(weight.detach(), 0.0)
     return q, absmax
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Attention of one query position per head over a KV cache, grouped-query.
+
+    query [B, Hq, 1, D], key/value [B, Hkv, S, D]; query head h uses KV head h // (Hq // Hkv).
+    Scores (float32(query) * scale, rounded to float32) @ key.T, then softmax and the weighted
+    sum of value rows in float64, over the positions where attn_mask ([B or 1, 1, 1, S] bool)
+    is True; a query with no such position gives 0; the result is rounded to query's dtype.
+    The kernel sums in float32 in its own order: it matches this to float32 rounding, not bit
+    for bit.
+    """
+    if scale is None:
+        scale = query.size(-1) ** -0.5
+    B, Hq, _, D = query.shape
+    G = Hq // key.size(1)
+    q = (query.float() * scale).double()
+    k = key.double().repeat_interleave(G, dim=1)
+    v = value.double().repeat_interleave(G, dim=1)
+    s = q @ k.transpose(-1, -2)  # [B, Hq, 1, S]
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf"))
+        v = v.masked_fill(~attn_mask.transpose(-1, -2), 0.0)  # hidden rows are not read
+    live = torch.isfinite(s).any(-1, keepdim=True) | torch.isnan(s).any(-1, keepdim=True)
+    p = torch.softmax(s, dim=-1)
+    out = torch.where(live, p @ v, torch.zeros((), dtype=torch.float64))
+    return out.to(query.dtype)

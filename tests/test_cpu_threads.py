@@ -180,6 +180,32 @@ def test_threads_follow_torch():
     assert torch.ops.int8kern._cpu_threads() == min(before, torch.ops.int8kern._cpu_budget()[0])
 
 
+def test_set_num_threads_apart_from_torch():
+    """int8kern.set_num_threads(n) wins over torch's count and INT8KERN_NUM_THREADS until
+    set_num_threads(0); torch's own count is untouched."""
+    before_torch, before = torch.get_num_threads(), int8kern.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        int8kern.set_num_threads(3)
+        assert int8kern.get_num_threads() == 3 and torch.get_num_threads() == 1
+        layer, x = linear(4096, 4096, 6.0)
+        with torch.inference_mode():
+            want = layer(x)
+            int8kern.set_num_threads(1)
+            assert torch.equal(layer(x), want)
+    finally:
+        int8kern.set_num_threads(0)
+        torch.set_num_threads(before_torch)
+    assert int8kern.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [-1, 4097])
+def test_set_num_threads_bad_value(bad):
+    with pytest.raises(RuntimeError, match=r"int8kern.set_num_threads: n must be 0 \(back to the default\) or a "
+                       rf"whole number of threads from 1 to 4096, got {bad}"):
+        int8kern.set_num_threads(bad)
+
+
 def linear(K, N, threshold, M=1, seed=0):
     g = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(K, N)

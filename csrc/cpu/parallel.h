@@ -45,12 +45,17 @@ CpuBudget compute_cpu_budget(const std::string& root, const char* override_value
 // The process's budget, computed on first use and cached.
 const CpuBudget& cpu_budget();
 
-// Threads the kernels use now: INT8KERN_NUM_THREADS when set, else
+// Threads the kernels use now: set_cpu_threads()'s n when set, else INT8KERN_NUM_THREADS when set, else
 // min(torch.get_num_threads(), cpu_budget().threads). The override wins over torch's count
 // too, so that a shared machine can run torch's own OpenMP ops on one thread
 // (torch.set_num_threads(1): their regions still join on every thread) and int8kern's, which
 // do not wait for an unscheduled thread, on more.
 int cpu_threads();
+
+// int8kern.set_num_threads(n): the kernels' thread count from now on, whatever torch's (n = 0:
+// back to the rule above). More than cpu_budget().threads only lets the calling thread and the
+// budget's helpers share the work: helpers are started once, from the budget.
+void set_cpu_threads(int64_t n);
 
 // Below this much work (bytes streamed, or the equivalent in multiply-accumulates, see the
 // callers) a call runs on one thread unless a helper is polling for work already (then the

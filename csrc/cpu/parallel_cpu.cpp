@@ -356,7 +356,19 @@ const CpuBudget& cpu_budget() {
   return budget;
 }
 
+namespace {
+std::atomic<int> threads_set_at_run_time{0};  // set_cpu_threads(); 0: not set
+}  // namespace
+
+void set_cpu_threads(int64_t n) {
+  TORCH_CHECK(n >= 0 && n <= 4096, "int8kern.set_num_threads: n must be 0 (back to the default) or a whole number "
+              "of threads from 1 to 4096, got ", n);
+  threads_set_at_run_time.store(static_cast<int>(n), std::memory_order_relaxed);
+}
+
 int cpu_threads() {
+  const int set = threads_set_at_run_time.load(std::memory_order_relaxed);
+  if (set > 0) return set;
   const CpuBudget& b = cpu_budget();
   if (b.override_threads > 0) return static_cast<int>(b.override_threads);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), b.threads)));
@@ -423,8 +435,10 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
 
 namespace {
 
-// Private ops for the tests and benchmarks (int8kern.ops.cpu_threads wraps the first).
+// int8kern.get_num_threads / set_num_threads wrap the first two; the rest are for the tests
+// and benchmarks.
 int64_t cpu_threads_op() { return cpu_threads(); }
+void set_cpu_threads_op(int64_t n) { set_cpu_threads(n); }
 
 std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_op() {
   const CpuBudget& b = cpu_budget();
@@ -446,6 +460,8 @@ int64_t parallel_stalls_op() { return parallel_stalls(); }
 TORCH_LIBRARY_FRAGMENT(int8kern, m) {
   // Threads the CPU kernels use now.
   m.def("_cpu_threads() -> int", &cpu_threads_op);
+  // set_cpu_threads() (parallel.h).
+  m.def("_set_cpu_threads(int n) -> ()", &set_cpu_threads_op);
   // The process's cached budget: (threads, quota_cpus, affinity_cpus, override_threads).
   m.def("_cpu_budget() -> (int, float, int, int)", &cpu_budget_op);
   // The same computed from a file tree laid out like / (tests).

@@ -9,10 +9,16 @@
     # a bitsandbytes LLM.int8() checkpoint, without bitsandbytes
     model = AutoModelForCausalLM.from_pretrained(bnb_path, config=int8kern.hf.config_from_bitsandbytes(bnb_path))
 
+CPU decode attention (int8kern.ops.decode_attention) as a transformers attention
+implementation, registered by the same import:
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="int8kern", ...)
+
 LoRA with PEFT on the int8 base: `int8kern.hf.lora` (needs peft; its `lora_config`,
 `lora_target_modules` and `load_adapter` are also reachable here, imported on first use so
 that `import int8kern.hf` does not import peft).
 """
+from .attention import ATTN_IMPLEMENTATION, int8kern_attention_forward
 from .quantizer import (
     QUANT_METHOD,
     Int8KernConfig,
@@ -21,7 +27,8 @@ from .quantizer import (
     dequantize_layer,
 )
 
-__all__ = ["QUANT_METHOD", "Int8KernConfig", "Int8KernHfQuantizer", "config_from_bitsandbytes",
+__all__ = ["ATTN_IMPLEMENTATION", "int8kern_attention_forward", "QUANT_METHOD", "Int8KernConfig",
+           "Int8KernHfQuantizer", "config_from_bitsandbytes",
            "dequantize_layer"]
 
 
