@@ -185,7 +185,7 @@ def decode_attention(
     s = q @ k.transpose(-1, -2)  # [B, Hq, 1, S]
     if attn_mask is not None:
         s = s.masked_fill(~attn_mask, float("-inf"))
-        v = v.masked_fill(~attn_mask.transpose(-1, -2), 0.0)  # hidden rows are not read
+        v = v.masked_fill(~attn_mask.transpose(-1, -2), 0.0)  # hidden rows count for nothing, NaN or not
     live = torch.isfinite(s).any(-1, keepdim=True) | torch.isnan(s).any(-1, keepdim=True)
     p = torch.softmax(s, dim=-1)
     out = torch.where(live, p @ v, torch.zeros((), dtype=torch.float64))

@@ -13,9 +13,10 @@ from int8kern import ops, reference as ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, Hq, Hkv, S, D): SmolLM2's heads; Llama-3's 4:1 at D = 128; MHA; D = 80 (AVX-512 with 5
-# registers a row), 17 and 1 (the portable loops); S across block boundaries (256) and below 16.
+# registers a row), 17 and 1 (the portable loops); 16 query heads a KV head (pass 3 in runs of
+# 6, 6, 4 heads), D = 256 (one head a run); S across block boundaries (256) and below 16.
 SHAPES = [(1, 9, 3, 660, 64), (2, 8, 2, 513, 128), (1, 4, 4, 37, 80), (3, 6, 1, 256, 17), (1, 2, 1, 5, 1),
-          (2, 3, 3, 1, 64)]
+          (2, 3, 3, 1, 64), (1, 16, 1, 100, 64), (1, 4, 2, 40, 256)]
 
 
 def inputs(B, Hq, Hkv, S, D, dtype, seed=0):

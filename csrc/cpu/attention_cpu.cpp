@@ -14,9 +14,10 @@
 // parallel_chunks' threads (parallel.h) without an OpenMP join.
 //
 // Semantics (int8kern.reference.decode_attention, and torch's SDPA on the CPU): scores in
-// float32 (q is scaled first), a position whose mask is false is not read at all, a query
-// that attends to no position gives 0 (as torch's CPU flash attention does), a NaN in an
-// attended row of q, k or v gives NaN.
+// float32 (q is scaled first); a position whose mask is false counts for nothing, whatever its
+// K and V rows hold (its V row is never read, its K row only when another position of its group
+// of 16 is attended); a query that attends to no position gives 0 (as torch's CPU flash
+// attention does); a NaN in an attended row of q, k or v gives NaN.
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -146,37 +147,113 @@ INT8KERN_AVX512 inline __m512 exp16(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
-// D = 16 * C (C known at compile time, so that a K or V row is C registers): pass 1 takes each
-// K row's dot products with the G query heads; pass 2 the softmax weights, 16 at a time; pass 3
-// adds p * v for up to kHeadsPerPass heads at once into accumulators held in registers across
-// all the block's rows (accumulating in memory instead, a masked store then a load of the same
-// address every row, ran at half the speed on Zen 4: store forwarding).
+// out[i] = the sum of v[i]'s 16 lanes, for 16 vectors at once: 15 unpack/shuffle + add steps
+// of a transpose, 45 instructions for 16 rows, where _mm512_reduce_add_ps takes ~8 a row.
+INT8KERN_AVX512 inline __m512 transpose_sum16(const __m512* v) {
+  __m512 t[8], u[4];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per lane: [a, b, c, d], the lane's sums of 4 vectors
+    const __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+
+// Pass 3 for H heads (H known at compile time, so that the H * C accumulators stay in
+// registers; with a run-time count GCC kept them on the stack): acc[h] = sum over the attended
+// rows j of p[h][j] * v[j].
+template <typename T, int C, int H>
+INT8KERN_AVX512 void accumulate_v_fixed(const BlockArgs<T>& a, const float* p, float* acc_out) {
+  __m512 acc[H][C];
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < C; ++c) acc[h][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < a.n; ++j) {
+    if (!attended(a.mask, a.mask_step, j)) continue;
+    const T* vr = a.v + j * a.v_row;
+    __m512 vc[C];
+    for (int c = 0; c < C; ++c) vc[c] = load16(vr + c * 16, 0xFFFF);
+    for (int h = 0; h < H; ++h) {
+      const __m512 ph = _mm512_set1_ps(p[h * kBlock + j]);
+      for (int c = 0; c < C; ++c) acc[h][c] = _mm512_fmadd_ps(ph, vc[c], acc[h][c]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc_out + h * C * 16 + c * 16, acc[h][c]);
+}
+
+template <typename T, int C, int H = 1>
+INT8KERN_AVX512 void accumulate_v(const BlockArgs<T>& a, const float* p, float* acc_out, int64_t heads) {
+  if constexpr (H * C > 24 || H > 24) {
+    TORCH_CHECK(false, "int8kern.decode_attention: internal error, ", heads, " heads in one pass");
+  } else if (heads == H) {
+    accumulate_v_fixed<T, C, H>(a, p, acc_out);
+  } else {
+    accumulate_v<T, C, H + 1>(a, p, acc_out, heads);
+  }
+}
+
+// D = 16 * C (C known at compile time, so that a K or V row is C registers). Pass 1: the dot
+// products of 16 K rows with one query head, summed across lanes together (transpose_sum16),
+// head after head (the 16 rows stay in L1); a group of 16 positions all hidden by the mask is
+// not read, a partly hidden one is read and its hidden scores set to -inf. Pass 2: each head's
+// maximum, then the softmax weights 16 at a time. Pass 3: p * v for up to kHeadsPerPass heads
+// at once into accumulators held in registers across all the block's rows (accumulating in
+// memory instead, a masked store then a load of the same address every row, ran at half the
+// speed on Zen 4: store forwarding); hidden rows are skipped.
 template <typename T, int C>
 INT8KERN_AVX512 void attend_block_avx512(const BlockArgs<T>& a, float* scores, const BlockResult& r) {
   constexpr int kHeadsPerPass = C <= 24 ? 24 / C : 1;  // accumulators: kHeadsPerPass * C of 32 zmm
+  static_assert(C <= 16, "rows of up to 16 registers (D <= 256)");
   const int64_t G = a.G;
-  for (int64_t g = 0; g < G; ++g) r.m[g] = kNegInf;
-  for (int64_t j = 0; j < a.n; ++j) {
-    if (!attended(a.mask, a.mask_step, j)) {
-      for (int64_t g = 0; g < G; ++g) scores[g * kBlock + j] = kNegInf;
+  const int64_t full = a.n / 16 * 16;
+  for (int64_t j0 = 0; j0 < full; j0 += 16) {
+    __mmask16 live = 0xFFFF;
+    if (a.mask != nullptr) {
+      live = 0;
+      for (int i = 0; i < 16; ++i) live |= static_cast<__mmask16>(a.mask[(j0 + i) * a.mask_step] ? 1u << i : 0u);
+    }
+    if (live == 0) {
+      for (int64_t g = 0; g < G; ++g) _mm512_storeu_ps(scores + g * kBlock + j0, _mm512_set1_ps(kNegInf));
       continue;
     }
-    const T* kr = a.k + j * a.k_row;
-    __m512 kc[C];
-    for (int c = 0; c < C; ++c) kc[c] = load16(kr + c * 16, 0xFFFF);
     for (int64_t g = 0; g < G; ++g) {
-      const float* qg = a.q + g * C * 16;
-      __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), kc[0]);
-      for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + c * 16), kc[c], s);
-      const float sg = _mm512_reduce_add_ps(s);
+      __m512 qv[C], dots[16];
+      for (int c = 0; c < C; ++c) qv[c] = _mm512_loadu_ps(a.q + g * C * 16 + c * 16);
+      for (int i = 0; i < 16; ++i) {
+        const T* kr = a.k + (j0 + i) * a.k_row;
+        __m512 s = _mm512_mul_ps(qv[0], load16(kr, 0xFFFF));
+        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(qv[c], load16(kr + c * 16, 0xFFFF), s);
+        dots[i] = s;
+      }
+      _mm512_storeu_ps(scores + g * kBlock + j0,
+                       _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), live, transpose_sum16(dots)));
+    }
+  }
+  for (int64_t j = full; j < a.n; ++j) {  // the last < 16 rows, one at a time
+    const bool row_live = attended(a.mask, a.mask_step, j);
+    const T* kr = a.k + j * a.k_row;
+    for (int64_t g = 0; g < G; ++g) {
+      float sg = kNegInf;
+      if (row_live) {
+        const float* qg = a.q + g * C * 16;
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), load16(kr, 0xFFFF));
+        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + c * 16), load16(kr + c * 16, 0xFFFF), s);
+        sg = _mm512_reduce_add_ps(s);
+      }
       scores[g * kBlock + j] = sg;
-      r.m[g] = sg > r.m[g] ? sg : r.m[g];  // a NaN never becomes the maximum; it stays in s
     }
   }
   const int64_t padded = (a.n + 15) / 16 * 16;  // scores beyond n read as masked
   for (int64_t g = 0; g < G; ++g) {
     float* sg = scores + g * kBlock;
     for (int64_t j = a.n; j < padded; ++j) sg[j] = kNegInf;
+    __m512 mv = _mm512_set1_ps(kNegInf);
+    for (int64_t j = 0; j < padded; j += 16)
+      mv = _mm512_max_ps(_mm512_loadu_ps(sg + j), mv);  // max_ps(NaN, m) is m: a NaN never becomes the maximum
+    r.m[g] = _mm512_reduce_max_ps(mv);
     const __m512 m = _mm512_set1_ps(r.m[g]);
     __m512 l = _mm512_setzero_ps();
     for (int64_t j = 0; j < padded; j += 16) {
@@ -189,25 +266,8 @@ INT8KERN_AVX512 void attend_block_avx512(const BlockArgs<T>& a, float* scores, c
     }
     r.l[g] = _mm512_reduce_add_ps(l);
   }
-  for (int64_t g0 = 0; g0 < G; g0 += kHeadsPerPass) {
-    const int64_t heads = std::min<int64_t>(kHeadsPerPass, G - g0);
-    __m512 acc[kHeadsPerPass][C];
-    for (int h = 0; h < kHeadsPerPass; ++h)
-      for (int c = 0; c < C; ++c) acc[h][c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < a.n; ++j) {
-      if (!attended(a.mask, a.mask_step, j)) continue;
-      const T* vr = a.v + j * a.v_row;
-      __m512 vc[C];
-      for (int c = 0; c < C; ++c) vc[c] = load16(vr + c * 16, 0xFFFF);
-      for (int h = 0; h < kHeadsPerPass; ++h) {
-        if (h >= heads) break;
-        const __m512 p = _mm512_set1_ps(scores[(g0 + h) * kBlock + j]);
-        for (int c = 0; c < C; ++c) acc[h][c] = _mm512_fmadd_ps(p, vc[c], acc[h][c]);
-      }
-    }
-    for (int64_t h = 0; h < heads; ++h)
-      for (int c = 0; c < C; ++c) _mm512_storeu_ps(r.acc + (g0 + h) * C * 16 + c * 16, acc[h][c]);
-  }
+  for (int64_t g0 = 0; g0 < G; g0 += kHeadsPerPass)
+    accumulate_v<T, C>(a, scores + g0 * kBlock, r.acc + g0 * C * 16, std::min<int64_t>(kHeadsPerPass, G - g0));
 }
 
 #pragma GCC diagnostic pop
