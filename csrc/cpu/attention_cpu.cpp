@@ -115,10 +115,10 @@ void attend_block_generic(const BlockArgs<T>& a, float* scores, const BlockResul
   attend_block_portable(a, scores, r);
 }
 
-// The same loops compiled for AVX2 + FMA (8 floats a vector instead of SSE2's 4): a CPU without
-// AVX-512, or a D that is not a multiple of 16.
+// The same loops compiled for AVX2 (8 floats a vector instead of SSE2's 4; no FMA: the build's
+// -ffp-contract=off would not use it): a CPU without AVX-512, or a D not a multiple of 16.
 template <typename T>
-__attribute__((target("avx2,fma"))) void attend_block_avx2(const BlockArgs<T>& a, float* scores, const BlockResult& r) {
+__attribute__((target("avx2"))) void attend_block_avx2(const BlockArgs<T>& a, float* scores, const BlockResult& r) {
   attend_block_portable(a, scores, r);
 }
 
@@ -132,12 +132,14 @@ __attribute__((target("avx2,fma"))) void attend_block_avx2(const BlockArgs<T>& a
 
 #define INT8KERN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-INT8KERN_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-INT8KERN_AVX512 inline __m512 load16(const at::Half* p, __mmask16 m) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));  // exact
+// 16 elements of a K or V row as float32 (rows are whole registers: D is a multiple of 16).
+INT8KERN_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+INT8KERN_AVX512 inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));  // exact
 }
-INT8KERN_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 m) {  // exact: the high half
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+INT8KERN_AVX512 inline __m512 load16(const at::BFloat16* p) {  // exact: the high half
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
 // exp(x), float32, ~1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' expf polynomial,
@@ -189,7 +191,7 @@ INT8KERN_AVX512 void accumulate_v_fixed(const BlockArgs<T>& a, const float* p, f
     if (!attended(a.mask, a.mask_step, j)) continue;
     const T* vr = a.v + j * a.v_row;
     __m512 vc[C];
-    for (int c = 0; c < C; ++c) vc[c] = load16(vr + c * 16, 0xFFFF);
+    for (int c = 0; c < C; ++c) vc[c] = load16(vr + c * 16);
     for (int h = 0; h < H; ++h) {
       const __m512 ph = _mm512_set1_ps(p[h * kBlock + j]);
       for (int c = 0; c < C; ++c) acc[h][c] = _mm512_fmadd_ps(ph, vc[c], acc[h][c]);
@@ -201,7 +203,7 @@ INT8KERN_AVX512 void accumulate_v_fixed(const BlockArgs<T>& a, const float* p, f
 
 template <typename T, int C, int H = 1>
 INT8KERN_AVX512 void accumulate_v(const BlockArgs<T>& a, const float* p, float* acc_out, int64_t heads) {
-  if constexpr (H * C > 24 || H > 24) {
+  if constexpr (H * C > 24) {
     TORCH_CHECK(false, "int8kern.decode_attention: internal error, ", heads, " heads in one pass");
   } else if (heads == H) {
     accumulate_v_fixed<T, C, H>(a, p, acc_out);
@@ -220,8 +222,8 @@ INT8KERN_AVX512 void accumulate_v(const BlockArgs<T>& a, const float* p, float* 
 // speed on Zen 4: store forwarding); hidden rows are skipped.
 template <typename T, int C>
 INT8KERN_AVX512 void attend_block_avx512(const BlockArgs<T>& a, float* scores, const BlockResult& r) {
-  constexpr int kHeadsPerPass = C <= 24 ? 24 / C : 1;  // accumulators: kHeadsPerPass * C of 32 zmm
   static_assert(C <= 16, "rows of up to 16 registers (D <= 256)");
+  constexpr int kHeadsPerPass = 24 / C;  // accumulators: kHeadsPerPass * C of the 32 zmm
   const int64_t G = a.G;
   const int64_t full = a.n / 16 * 16;
   for (int64_t j0 = 0; j0 < full; j0 += 16) {
@@ -239,8 +241,8 @@ INT8KERN_AVX512 void attend_block_avx512(const BlockArgs<T>& a, float* scores, c
       for (int c = 0; c < C; ++c) qv[c] = _mm512_loadu_ps(a.q + g * C * 16 + c * 16);
       for (int i = 0; i < 16; ++i) {
         const T* kr = a.k + (j0 + i) * a.k_row;
-        __m512 s = _mm512_mul_ps(qv[0], load16(kr, 0xFFFF));
-        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(qv[c], load16(kr + c * 16, 0xFFFF), s);
+        __m512 s = _mm512_mul_ps(qv[0], load16(kr));
+        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(qv[c], load16(kr + c * 16), s);
         dots[i] = s;
       }
       _mm512_storeu_ps(scores + g * kBlock + j0,
@@ -254,8 +256,8 @@ INT8KERN_AVX512 void attend_block_avx512(const BlockArgs<T>& a, float* scores, c
       float sg = kNegInf;
       if (row_live) {
         const float* qg = a.q + g * C * 16;
-        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), load16(kr, 0xFFFF));
-        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + c * 16), load16(kr + c * 16, 0xFFFF), s);
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(qg), load16(kr));
+        for (int c = 1; c < C; ++c) s = _mm512_fmadd_ps(_mm512_loadu_ps(qg + c * 16), load16(kr + c * 16), s);
         sg = _mm512_reduce_add_ps(s);
       }
       scores[g * kBlock + j] = sg;

@@ -45,9 +45,9 @@ CpuBudget compute_cpu_budget(const std::string& root, const char* override_value
 // The process's budget, computed on first use and cached.
 const CpuBudget& cpu_budget();
 
-// Threads the kernels use now: set_cpu_threads()'s n when set, else INT8KERN_NUM_THREADS when set, else
-// min(torch.get_num_threads(), cpu_budget().threads). The override wins over torch's count
-// too, so that a shared machine can run torch's own OpenMP ops on one thread
+// Threads the kernels use now: set_cpu_threads()'s n when set, else INT8KERN_NUM_THREADS when
+// set, else min(torch.get_num_threads(), cpu_budget().threads). The overrides win over torch's
+// count too, so that a shared machine can run torch's own OpenMP ops on one thread
 // (torch.set_num_threads(1): their regions still join on every thread) and int8kern's, which
 // do not wait for an unscheduled thread, on more.
 int cpu_threads();
