@@ -29,6 +29,18 @@ Rows:
   int8kern th 6 compiled, int8kern attention   the same with attn_implementation="int8kern":
                                 int8kern.ops.decode_attention for each decode step's attention
                                 (int8kern/hf/attention.py), transformers' SDPA for the prefill.
+  int8kern th 6, compiled C++, int8kern attention
+                                the same compiled with inductor's cpp_wrapper: the step's
+                                kernels and int8kern's ops called from C++, not from a generated
+                                Python function (the dry run's "eager" backend has no such
+                                option: there it is the row above).
+  the same, torch's ops on 1 thread
+                                and during its generate() torch on one thread
+                                (torch.set_num_threads(1)), int8kern's kernels on the bench's
+                                count (int8kern.set_num_threads): the decode step then opens no
+                                OpenMP region, whose spinning worker would take the core
+                                int8kern's helper needs; the prefill's torch ops (its SDPA) run
+                                on one thread.
 Every transformers row runs with TRANSFORMERS_SDPA_FORCE_GQA=1 (see below) unless the
 environment says otherwise; the header line says which.
 A method that cannot run (llama.cpp not built, say) keeps its row, with the reason.
@@ -238,10 +250,13 @@ class HFRunner:
     """A transformers model through generate(): the prefill is the time to the first token,
     the decode steps the intervals between the next ones (TokenClock). compile: the
     torch.compile backend of the decode step with a static KV cache (None: eager, dynamic
-    cache)."""
+    cache); options: inductor's options for it. torch_threads: torch's own threads during this
+    runner's generate() (int8kern's kernels keep the bench's count), restored afterwards."""
 
-    def __init__(self, model, compile_backend: str | None = None):
-        self.model, self.compile_backend = model, compile_backend
+    def __init__(self, model, compile_backend: str | None = None, options: dict | None = None,
+                 torch_threads: int | None = None):
+        self.model, self.compile_backend, self.options = model, compile_backend, options
+        self.torch_threads = torch_threads
 
     def run(self, ids: torch.Tensor, new_tokens: int):
         from transformers import CompileConfig
@@ -250,14 +265,24 @@ class HFRunner:
         if self.compile_backend:
             # mode None: "reduce-overhead" (transformers' default) means CUDA graphs. fullgraph: a
             # graph break is an error, not a silent fall back to Python.
-            cfg = CompileConfig(fullgraph=True, backend=self.compile_backend, mode=None)
+            cfg = CompileConfig(fullgraph=True, backend=self.compile_backend, mode=None, options=self.options)
             cfg._compile_all_devices = True  # transformers compiles on CUDA only unless told
             kw.update(cache_implementation="static", compile_config=cfg)
         else:
             kw.update(disable_compile=True)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        torch_threads, int8kern_threads = torch.get_num_threads(), threads()
+        try:
+            if self.torch_threads is not None:
+                # int8kern's count first: by default it follows torch's
+                int8kern.set_num_threads(int8kern_threads)
+                torch.set_num_threads(self.torch_threads)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        finally:
+            if self.torch_threads is not None:
+                torch.set_num_threads(torch_threads)
+                int8kern.set_num_threads(0)  # back to following torch's
         steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
         return clock.stamps[0] - t0, steps, out[0, ids.shape[1]:].tolist()
 
@@ -321,6 +346,9 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
             return int8kern.quantize_model(m, THRESHOLD, skip_modules=(), quantize_tied=True, progress=False)
         return int8kern.quantize_model(m, THRESHOLD, progress=False)
 
+    # inductor's C++ wrapper: the compiled step calls its kernels and the int8kern ops from C++
+    # instead of a generated Python function (inductor options exist only for inductor).
+    cpp_wrapper = {"cpp_wrapper": True} if backend == "inductor" else None
     methods = []
     gguf = {}
     if llama_why is None:
@@ -341,6 +369,10 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
         Method(f"int8kern th {THRESHOLD:g}, compiled, static cache", lambda: HFRunner(int8(True), backend), "int8"),
         Method(f"int8kern th {THRESHOLD:g}, compiled, int8kern attention",
                lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend), "int8"),
+        Method(f"int8kern th {THRESHOLD:g}, compiled C++, int8kern attention",
+               lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, cpp_wrapper), "int8"),
+        Method("the same, torch's ops on 1 thread",
+               lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, cpp_wrapper, 1), "int8"),
     ]
     return methods
 
@@ -416,7 +448,7 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     print(f"   {model_name}, prompt: {ids.shape[1]} tokens of {text}; greedy decode of {new_tokens} tokens, "
           f"{rounds} rounds; median per token over the rounds")
-    print(f"   {'method':<44} {'weights':<22} {'MB/token':>9} {'prefill ms':>11} {'decode ms/tok':>14} "
+    print(f"   {'method':<48} {'weights':<22} {'MB/token':>9} {'prefill ms':>11} {'decode ms/tok':>14} "
           f"{'vs Q8_0':>8}  first tokens")
     for m in methods:
         row = {"method": m.name, "weights": m.weights, "error": m.error}
@@ -430,10 +462,10 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
                        warmup_s=getattr(m, "warmup_s", None), tokens=m.tokens,
                        tokens_same_as_fp32=same)
             vs_s = "" if vs is None else f"{vs:7.2f}x"
-            print(f"   {m.name:<44} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
+            print(f"   {m.name:<48} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
                   f"{dec * 1e3:14.2f} {vs_s:>8}  {m.tokens[:6]}", flush=True)
         else:
-            print(f"   {m.name:<44} {m.weights:<22} skipped: {m.error}", flush=True)
+            print(f"   {m.name:<48} {m.weights:<22} skipped: {m.error}", flush=True)
         result["rows"].append(row)
     print("   vs Q8_0: decode time per token / llama.cpp Q8_0's (< 1: faster than llama.cpp); MB/token: "
           "weight bytes a decode step reads")

@@ -40,7 +40,8 @@ def test_bench_ops_dry_run(tmp_path):
     rows = {r["method"]: r for r in gen["rows"]}
     assert set(rows) == {"llama.cpp F32", "llama.cpp BF16", "llama.cpp Q8_0", "transformers fp32, eager",
                          "transformers bf16, eager", "int8kern th 6, eager", "int8kern th 6, eager, lm_head int8",
-                         "int8kern th 6, compiled, static cache", "int8kern th 6, compiled, int8kern attention"}, stdout
+                         "int8kern th 6, compiled, static cache", "int8kern th 6, compiled, int8kern attention",
+                         "int8kern th 6, compiled C++, int8kern attention", "the same, torch's ops on 1 thread"}, stdout
     for name, r in rows.items():
         if name.startswith("llama.cpp") and r["error"]:
             continue  # llama.cpp not built here: the row keeps why
