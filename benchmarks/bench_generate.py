@@ -41,6 +41,15 @@ Rows:
                                 OpenMP region, whose spinning worker would take the core
                                 int8kern's helper needs; the prefill's torch ops (its SDPA) run
                                 on one thread.
+  the same, a greedy loop instead of generate()
+                                and decoded without generate(), as llama.cpp's rows are (one
+                                step and an argmax a token; GreedyLoopRunner): what remains is
+                                the model's step, not generate()'s logits processors, stopping
+                                criteria and streamer (~1.3 ms a token on SmolLM2).
+  the same, no Dynamo guards on the modules
+                                and compiled with guard_filter_fn=torch.compiler.
+                                skip_guard_on_all_nn_modules_unsafe: Dynamo no longer checks
+                                each of the model's ~600 parameters and buffers before a step.
 Every transformers row runs with TRANSFORMERS_SDPA_FORCE_GQA=1 (see below) unless the
 environment says otherwise; the header line says which.
 A method that cannot run (llama.cpp not built, say) keeps its row, with the reason.
@@ -52,6 +61,7 @@ Run by bench_ops.py (make bench); alone: python benchmarks/bench_generate.py [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -250,13 +260,28 @@ class HFRunner:
     """A transformers model through generate(): the prefill is the time to the first token,
     the decode steps the intervals between the next ones (TokenClock). compile: the
     torch.compile backend of the decode step with a static KV cache (None: eager, dynamic
-    cache); options: inductor's options for it. torch_threads: torch's own threads during this
-    runner's generate() (int8kern's kernels keep the bench's count), restored afterwards."""
+    cache); options: torch.compile's options for it (inductor's, or guard_filter_fn).
+    torch_threads: torch's own threads during this runner's runs (int8kern's kernels keep the
+    bench's count), restored afterwards."""
 
     def __init__(self, model, compile_backend: str | None = None, options: dict | None = None,
                  torch_threads: int | None = None):
         self.model, self.compile_backend, self.options = model, compile_backend, options
         self.torch_threads = torch_threads
+
+    @contextlib.contextmanager
+    def threads(self):
+        if self.torch_threads is None:
+            yield
+            return
+        torch_threads = torch.get_num_threads()
+        int8kern.set_num_threads(threads())  # int8kern's count first: by default it follows torch's
+        torch.set_num_threads(self.torch_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(torch_threads)
+            int8kern.set_num_threads(0)  # back to following torch's
 
     def run(self, ids: torch.Tensor, new_tokens: int):
         from transformers import CompileConfig
@@ -270,24 +295,48 @@ class HFRunner:
             kw.update(cache_implementation="static", compile_config=cfg)
         else:
             kw.update(disable_compile=True)
-        torch_threads, int8kern_threads = torch.get_num_threads(), threads()
-        try:
-            if self.torch_threads is not None:
-                # int8kern's count first: by default it follows torch's
-                int8kern.set_num_threads(int8kern_threads)
-                torch.set_num_threads(self.torch_threads)
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
-        finally:
-            if self.torch_threads is not None:
-                torch.set_num_threads(torch_threads)
-                int8kern.set_num_threads(0)  # back to following torch's
+        with self.threads(), torch.no_grad():
+            t0 = time.perf_counter()
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
         return clock.stamps[0] - t0, steps, out[0, ids.shape[1]:].tolist()
 
     def close(self):
         pass
+
+
+class GreedyLoopRunner(HFRunner):
+    """The same model decoded greedily without generate(), the way llama.cpp's rows are timed
+    (one step and an argmax a token): the prefill an eager forward into a static KV cache of
+    n_ctx positions (the same cache every run, as generate() keeps its own), then per token
+    the compiled forward of one token and the argmax of its logits."""
+
+    def __init__(self, model, compile_backend: str, n_ctx: int, options: dict | None = None,
+                 torch_threads: int | None = None):
+        super().__init__(model, compile_backend, options, torch_threads)
+        self.n_ctx, self.cache, self.step = n_ctx, None, None
+
+    def run(self, ids: torch.Tensor, new_tokens: int):
+        from transformers import StaticCache
+        with self.threads(), torch.no_grad():
+            if self.cache is None:
+                self.cache = StaticCache(config=self.model.config, max_cache_len=self.n_ctx)
+                self.step = torch.compile(self.model.forward, fullgraph=True, dynamic=False,
+                                          backend=self.compile_backend,
+                                          options=dict(self.options) if self.options else None)  # it pops keys
+            self.cache.reset()
+            t0 = time.perf_counter()
+            logits = self.model(input_ids=ids, past_key_values=self.cache, logits_to_keep=1, use_cache=True).logits
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+            toks, steps = [tok.item()], []
+            prefill = time.perf_counter() - t0
+            for _ in range(new_tokens - 1):
+                t0 = time.perf_counter()
+                logits = self.step(input_ids=tok, past_key_values=self.cache, logits_to_keep=1, use_cache=True).logits
+                tok = logits[:, -1].argmax(-1, keepdim=True)
+                toks.append(tok.item())
+                steps.append(time.perf_counter() - t0)
+        return prefill, steps, toks
 
 
 # ----------------------------------------------------------------------------- the table
@@ -349,6 +398,10 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
     # inductor's C++ wrapper: the compiled step calls its kernels and the int8kern ops from C++
     # instead of a generated Python function (inductor options exist only for inductor).
     cpp_wrapper = {"cpp_wrapper": True} if backend == "inductor" else None
+    # Dynamo checks every parameter and buffer of the model before each call (~600 tensors on
+    # SmolLM2); this filter drops the checks on nn.Modules' attributes: "unsafe" in torch's word
+    # because a weight swapped after compiling would go unnoticed, which this bench never does.
+    no_module_guards = dict(cpp_wrapper or {}, guard_filter_fn=torch.compiler.skip_guard_on_all_nn_modules_unsafe)
     methods = []
     gguf = {}
     if llama_why is None:
@@ -373,6 +426,12 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
                lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, cpp_wrapper), "int8"),
         Method("the same, torch's ops on 1 thread",
                lambda: HFRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, cpp_wrapper, 1), "int8"),
+        Method("the same, a greedy loop instead of generate()",
+               lambda: GreedyLoopRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, n_ctx, cpp_wrapper, 1),
+               "int8"),
+        Method("the same, no Dynamo guards on the modules",
+               lambda: GreedyLoopRunner(int8(True, int8kern.hf.ATTN_IMPLEMENTATION), backend, n_ctx,
+                                        no_module_guards, 1), "int8"),
     ]
     return methods
 

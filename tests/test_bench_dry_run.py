@@ -41,7 +41,9 @@ def test_bench_ops_dry_run(tmp_path):
     assert set(rows) == {"llama.cpp F32", "llama.cpp BF16", "llama.cpp Q8_0", "transformers fp32, eager",
                          "transformers bf16, eager", "int8kern th 6, eager", "int8kern th 6, eager, lm_head int8",
                          "int8kern th 6, compiled, static cache", "int8kern th 6, compiled, int8kern attention",
-                         "int8kern th 6, compiled C++, int8kern attention", "the same, torch's ops on 1 thread"}, stdout
+                         "int8kern th 6, compiled C++, int8kern attention", "the same, torch's ops on 1 thread",
+                         "the same, a greedy loop instead of generate()",
+                         "the same, no Dynamo guards on the modules"}, stdout
     for name, r in rows.items():
         if name.startswith("llama.cpp") and r["error"]:
             continue  # llama.cpp not built here: the row keeps why
