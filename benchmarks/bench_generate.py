@@ -270,7 +270,7 @@ class HFRunner:
         self.torch_threads = torch_threads
 
     @contextlib.contextmanager
-    def threads(self):
+    def thread_setting(self):
         if self.torch_threads is None:
             yield
             return
@@ -295,7 +295,7 @@ class HFRunner:
             kw.update(cache_implementation="static", compile_config=cfg)
         else:
             kw.update(disable_compile=True)
-        with self.threads(), torch.no_grad():
+        with self.thread_setting(), torch.no_grad():
             t0 = time.perf_counter()
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
         steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
@@ -318,7 +318,7 @@ class GreedyLoopRunner(HFRunner):
 
     def run(self, ids: torch.Tensor, new_tokens: int):
         from transformers import StaticCache
-        with self.threads(), torch.no_grad():
+        with self.thread_setting(), torch.no_grad():
             if self.cache is None:
                 self.cache = StaticCache(config=self.model.config, max_cache_len=self.n_ctx)
                 self.step = torch.compile(self.model.forward, fullgraph=True, dynamic=False,

@@ -50,6 +50,10 @@ def test_bench_ops_dry_run(tmp_path):
         assert r["error"] is None, (name, r["error"])
         assert r["prefill_ms"] > 0 and r["decode_ms"] > 0 and r["decode_samples"] == gen["new_tokens"] - 1
         assert len(r["tokens"]) == gen["new_tokens"] and r["decode_weight_MB"] > 0
+    # the greedy loop decodes what generate() decodes (same model, threads and attention)
+    loop = rows["the same, a greedy loop instead of generate()"]["tokens"]
+    assert loop == rows["the same, torch's ops on 1 thread"]["tokens"]
+    assert loop == rows["the same, no Dynamo guards on the modules"]["tokens"]
     # int8 weights: a decode step reads about a quarter of the float32 bytes once the lm_head is int8 too
     assert rows["int8kern th 6, eager, lm_head int8"]["decode_weight_MB"] < \
         0.3 * rows["transformers fp32, eager"]["decode_weight_MB"]
