@@ -274,3 +274,58 @@ def test_bench_shared_cpu_dry_run(tmp_path):
     assert conditions == ({"idle", "neighbour"} if len(os.sched_getaffinity(0)) > 1 else {"idle"})
     assert data["env"]["isa"] and data["env"]["cpu"]
     assert {c["row"] for c in data["checks"]} == {f"Int8LinearLt th {t}, M = {M}" for t in (6, 0) for M in (1, 16)}
+
+
+# The helper's prefetch of the weight expected next (parallel.h, prefetch_after_stream): a
+# decode step's GEMVs, repeated as tokens are, teach it the order; it must then prefetch, and
+# results must not change with it on or off.
+PREFETCH = """
+import torch, int8kern
+g = torch.Generator().manual_seed(0)
+layers = [int8kern.Int8LinearLt.from_linear(torch.nn.Linear(K, N), threshold=6.0)
+          for K, N in ((576, 576), (576, 1536), (1536, 576), (576, 192))]
+x = {K: torch.randn(1, K, generator=g) * 3 for K in (576, 1536)}  # some |x| >= 6: outliers too
+def step():
+    return [layer(x[layer.in_features]) for layer in layers]
+with torch.inference_mode():
+    off = []
+    torch.ops.int8kern._set_cpu_prefetch_bytes(0)
+    for _ in range(30): off = step()
+    before = torch.ops.int8kern._cpu_prefetched_bytes()
+    for _ in range(30): off = step()
+    idle = torch.ops.int8kern._cpu_prefetched_bytes() - before
+    torch.ops.int8kern._set_cpu_prefetch_bytes(1 << 20)
+    for _ in range(30): on = step()
+    busy = torch.ops.int8kern._cpu_prefetched_bytes() - before - idle
+print(all(torch.equal(a, b) for a, b in zip(on, off)), idle, busy)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="prefetching needs a helper thread")
+def test_prefetch_learns_the_order_and_keeps_results():
+    same, idle, busy = run_python(PREFETCH, INT8KERN_NUM_THREADS="2").split()
+    assert same == "True"
+    assert int(idle) == 0  # budget 0: nothing prefetched
+    # 30 steps of 4 layers; each GEMV's follower (>= 110 KiB) is known after the first step.
+    # A helper the OS never scheduled would prefetch nothing: demand a quarter of the plan.
+    assert int(busy) >= 29 * 4 * (192 * 576) // 4, busy
+
+
+def test_prefetch_off_in_one_thread():
+    """One thread: no helper polls, so nothing is prefetched (a second core is not used)."""
+    code = PREFETCH.replace("_set_cpu_prefetch_bytes(1 << 20)", "_set_cpu_prefetch_bytes(1 << 20); int8kern.set_num_threads(1)")
+    same, idle, busy = run_python(code, INT8KERN_NUM_THREADS="2").split()
+    assert same == "True" and int(idle) == 0
+    assert int(busy) < 4 * (1536 * 576), busy  # at most the tail of the helper's poll window
+
+
+@pytest.mark.parametrize("value", ["lots", "-1"])
+def test_bad_prefetch_budget_is_a_clear_error(value):
+    code = ("import torch, int8kern\nfrom int8kern import ops\n"
+            "ops.int8_matmul(torch.ones(64, 4096, dtype=torch.int8), torch.ones(512, 4096, dtype=torch.int8))\n")
+    env = dict(os.environ, INT8KERN_CPU_PREFETCH_KB=value, INT8KERN_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "INT8KERN_CPU_PREFETCH_KB must be a whole number of KiB" in out.stderr, \
+        out.stderr[-2000:]
+    assert f"'{value}'" in out.stderr

@@ -442,6 +442,7 @@ void gemm_rows_streamed(const AType* ap, int64_t M, const int8_t* bp, int64_t N,
              acc + i * BLOCK_N, BLOCK_N);
     }
   });
+  prefetch_after_stream(bp, N * K);
 }
 
 template <typename Sink, typename BeforeSink>

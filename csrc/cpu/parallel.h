@@ -79,5 +79,17 @@ int64_t parallel_regions();
 // How many times a caller waited for a helper's chunk long enough to back off (see the top).
 int64_t parallel_stalls();
 
+// A decode step streams the same weights in the same order every token, and between two of
+// its GEMVs the calling thread runs the framework's code (Python, the dispatcher, the small
+// fused kernels) while the helpers poll. Called after a GEMV has streamed [data, data +
+// bytes), this remembers that it followed the previous one and hands the polling helper the
+// weights that followed it last time, up to the prefetch budget, to prefetch into its cache
+// until the next offer of work. Nothing is dereferenced (prefetches do not fault), so a
+// wrong guess only costs idle bandwidth.
+void prefetch_after_stream(const void* data, int64_t bytes);
+
+// The budget in bytes (0: off); INT8KERN_CPU_PREFETCH_KB sets it at start.
+void set_prefetch_bytes(int64_t bytes);
+
 }  // namespace cpu
 }  // namespace int8kern

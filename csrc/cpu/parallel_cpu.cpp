@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 namespace int8kern {
@@ -255,8 +256,82 @@ int64_t poll_ns() {
 }
 constexpr int64_t kMinParallelWorkPolled = int64_t{96} << 10;
 
+// ---------------------------------------------------------------- prefetching the next weight
+//
+// See parallel.h (prefetch_after_stream). The calling thread keeps, under `mutex`, which
+// stream followed which the last time (keyed by the stream's address) and publishes a plan:
+// the streams expected next, up to budget_bytes. The first helper runs the plan in slices
+// between its polls of offer_seq, and drops it when work is offered.
+struct Stream {
+  const char* data = nullptr;
+  int64_t bytes = 0;
+};
+constexpr int kMaxPlannedStreams = 16;
+constexpr size_t kMaxRememberedStreams = 1 << 14;  // then forget them all (weights freed and reallocated)
+std::atomic<int64_t> prefetch_bytes{-1};  // the budget; -1: not read from the environment yet
+std::atomic<int64_t> prefetched_bytes{0};  // a debug counter (the tests)
+struct Prefetcher {
+  std::mutex mutex;
+  std::unordered_map<const char*, Stream> follower;
+  Stream latest;
+  Stream plan[kMaxPlannedStreams];
+  int plan_size = 0;
+  std::atomic<uint32_t> plan_seq{0};
+};
+constexpr int64_t kDefaultPrefetchBytes = int64_t{2} << 20;
+int64_t prefetch_budget() {
+  int64_t b = prefetch_bytes.load(std::memory_order_relaxed);
+  if (b >= 0) return b;
+  b = kDefaultPrefetchBytes;
+  if (const char* env = std::getenv("INT8KERN_CPU_PREFETCH_KB")) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK(end != env && *end == '\0' && errno == 0 && v >= 0 && v <= (1 << 20),
+                "int8kern: INT8KERN_CPU_PREFETCH_KB must be a whole number of KiB from 0 to 1048576, got '", env, "'");
+    b = static_cast<int64_t>(v) << 10;
+  }
+  prefetch_bytes.store(b, std::memory_order_relaxed);
+  return b;
+}
+
+// The helper's side: where it is in the latest plan it took.
+struct PrefetchCursor {
+  Prefetcher& prefetcher;
+  uint32_t plan_seen = 0;
+  Stream todo[kMaxPlannedStreams];
+  int size = 0, index = 0;
+  int64_t offset = 0;
+
+  // Prefetches one slice of the plan; false when there is nothing left to do.
+  bool step() {
+    if (prefetcher.plan_seq.load(std::memory_order_acquire) != plan_seen) {
+      std::lock_guard<std::mutex> lock(prefetcher.mutex);
+      plan_seen = prefetcher.plan_seq.load();
+      size = prefetcher.plan_size;
+      std::copy(prefetcher.plan, prefetcher.plan + size, todo);
+      index = 0;
+      offset = 0;
+    }
+    if (index >= size) return false;
+    constexpr int64_t kSlice = 4096;
+    const Stream& s = todo[index];
+    const int64_t end = std::min(s.bytes, offset + kSlice);
+    // A prefetch never faults, so a weight freed since the plan was made is harmless.
+    for (int64_t o = offset; o < end; o += 64) _mm_prefetch(s.data + o, _MM_HINT_T0);
+    prefetched_bytes.fetch_add(end - offset, std::memory_order_relaxed);
+    offset = end;
+    if (offset >= s.bytes) {
+      ++index;
+      offset = 0;
+    }
+    return true;
+  }
+};
+
 struct Helpers {
   int size = 0;
+  Prefetcher prefetcher;  // here, not global: a child after fork() starts from a fresh one
   std::mutex job_mutex;
   std::shared_ptr<Job> job;  // the latest offer (null after a poke)
   std::atomic<uint32_t> offer_seq{0};
@@ -272,13 +347,18 @@ struct Helpers {
     if (sleeping.load() > 0) offer_seq.notify_all();
   }
 
-  void run_helper() {
+  void run_helper(int index) {
     uint32_t seen = offer_seq.load();
     const int64_t window = poll_ns();
+    PrefetchCursor cursor{prefetcher};
     while (true) {
       polling.fetch_add(1);
-      const int64_t deadline = now_ns() + window;
+      int64_t deadline = now_ns() + window;
       for (int i = 0; offer_seq.load(std::memory_order_relaxed) == seen; ++i) {
+        if (index == 0 && cursor.step()) {
+          deadline = now_ns() + window;
+          continue;
+        }
         _mm_pause();
         if ((i & 63) != 63) continue;
         if (now_ns() > deadline) break;
@@ -308,23 +388,24 @@ struct Helpers {
   }
 };
 std::mutex helpers_mutex;
-Helpers* helpers_now = nullptr;
+std::atomic<Helpers*> helpers_now{nullptr};
 
 Helpers& helpers() {
   std::lock_guard<std::mutex> lock(helpers_mutex);
-  if (helpers_now == nullptr) {
+  if (helpers_now.load() == nullptr) {
     static const bool registered = [] {
       pthread_atfork(nullptr, nullptr, [] { helpers_now = nullptr; });  // leaks the parent's, on purpose
       return true;
     }();
     (void)registered;
     (void)poll_ns();  // a bad INT8KERN_CPU_POLL_US throws here, not in a helper thread
+    (void)prefetch_budget();  // and a bad INT8KERN_CPU_PREFETCH_KB
     auto* h = new Helpers;
     h->size = static_cast<int>(std::max<int64_t>(1, cpu_budget().threads - 1));
-    for (int t = 0; t < h->size; ++t) std::thread([h] { h->run_helper(); }).detach();
-    helpers_now = h;
+    for (int t = 0; t < h->size; ++t) std::thread([h, t] { h->run_helper(t); }).detach();
+    helpers_now.store(h);
   }
-  return *helpers_now;
+  return *helpers_now.load();
 }
 
 }  // namespace
@@ -376,6 +457,37 @@ int cpu_threads() {
 
 int64_t parallel_regions() { return regions_offered.load(); }
 int64_t parallel_stalls() { return stalls_seen.load(); }
+
+void prefetch_after_stream(const void* data, int64_t bytes) {
+  const int64_t budget = prefetch_budget();
+  Helpers* h = helpers_now.load(std::memory_order_acquire);
+  if (budget == 0 || h == nullptr || h->polling.load(std::memory_order_relaxed) == 0) return;
+  Prefetcher& pf = h->prefetcher;
+  const Stream done{static_cast<const char*>(data), bytes};
+  std::lock_guard<std::mutex> lock(pf.mutex);
+  auto& follower = pf.follower;
+  if (follower.size() >= kMaxRememberedStreams) follower.clear();
+  if (pf.latest.data != nullptr && pf.latest.data != done.data) follower[pf.latest.data] = done;
+  pf.latest = done;
+  int n = 0;
+  int64_t planned = 0;
+  for (const char* at = done.data; n < kMaxPlannedStreams && planned < budget;) {
+    const auto next = follower.find(at);
+    if (next == follower.end() || next->second.data == done.data) break;  // not known, or round again
+    Stream s = next->second;
+    s.bytes = std::min(s.bytes, budget - planned);
+    pf.plan[n++] = s;
+    planned += s.bytes;
+    at = s.data;
+  }
+  pf.plan_size = n;
+  pf.plan_seq.fetch_add(1, std::memory_order_release);
+}
+
+void set_prefetch_bytes(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "int8kern._set_cpu_prefetch_bytes: bytes must be >= 0, got ", bytes);
+  prefetch_bytes.store(bytes, std::memory_order_relaxed);
+}
 
 void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, int max_workers) {
   if (n <= 0) return;
@@ -454,6 +566,8 @@ std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_from_op(std::string roo
 
 int64_t parallel_regions_op() { return parallel_regions(); }
 int64_t parallel_stalls_op() { return parallel_stalls(); }
+void set_prefetch_bytes_op(int64_t bytes) { set_prefetch_bytes(bytes); }
+int64_t prefetched_bytes_op() { return prefetched_bytes.load(); }
 
 }  // namespace
 
@@ -471,6 +585,10 @@ TORCH_LIBRARY_FRAGMENT(int8kern, m) {
   m.def("_cpu_parallel_regions() -> int", &parallel_regions_op);
   // parallel_stalls() (parallel.h).
   m.def("_cpu_parallel_stalls() -> int", &parallel_stalls_op);
+  // set_prefetch_bytes() (parallel.h).
+  m.def("_set_cpu_prefetch_bytes(int bytes) -> ()", &set_prefetch_bytes_op);
+  // Bytes the helpers have prefetched since the process started.
+  m.def("_cpu_prefetched_bytes() -> int", &prefetched_bytes_op);
 }
 
 }  // namespace cpu
