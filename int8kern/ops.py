@@ -111,7 +111,8 @@ def decode_attention(
     unused tail is not read). A query that attends to no position gives 0, as torch's CPU SDPA
     does. Each K and V row is read once for all the query heads it serves, in address order:
     2-3x faster than torch's SDPA per layer on Zen 4 (benchmarks/NOTES.md, 2026-12-04). See
-    `int8kern.reference.decode_attention`.
+    `int8kern.reference.decode_attention`. Inference only: with grad mode on and an input that
+    requires grad it raises (no backward), rather than return an output without a gradient.
     """
     if scale is None:
         scale = query.size(-1) ** -0.5

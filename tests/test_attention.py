@@ -280,3 +280,49 @@ def test_transformers_falls_back_to_sdpa():
     assert not decode_attention_applies(q, k, v, torch.ones(1, 4, 1, 5, dtype=torch.bool))
     assert not decode_attention_applies(q, k, v, None, softcap=30.0)
     assert not decode_attention_applies(q.half(), k, v, None)
+
+
+def test_needing_a_gradient_is_a_clear_error():
+    """No backward: a call that would need one fails at once (not an output without grad_fn);
+    under no_grad or inference_mode the same inputs run."""
+    q, k, v = inputs(1, 4, 2, 40, 64, torch.float32)
+    for which in range(3):
+        args = [t.clone() for t in (q, k, v)]
+        args[which].requires_grad_()
+        with pytest.raises(RuntimeError, match=r"int8kern.decode_attention: has no backward \(inference only\), "
+                                               r"but query, key or value requires grad"):
+            ops.decode_attention(*args)
+        with torch.no_grad():
+            assert torch.equal(ops.decode_attention(*args), ops.decode_attention(q, k, v))
+        with torch.inference_mode():
+            assert torch.equal(ops.decode_attention(*args), ops.decode_attention(q, k, v))
+
+
+def test_transformers_decode_step_with_grad_goes_to_sdpa(llama):
+    """A decode step with grad mode on (the float parameters make the query require a gradient)
+    is computed by SDPA, so gradients come out as SDPA's."""
+    import int8kern.hf
+    from int8kern.hf.attention import decode_attention_applies
+    from transformers import DynamicCache
+
+    q, k, v = torch.randn(1, 4, 1, 8, requires_grad=True), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    assert not decode_attention_applies(q, k, v, None)
+    with torch.no_grad():
+        assert decode_attention_applies(q, k, v, None)
+    ids = torch.randint(0, LLAMA["vocab_size"], (1, 9), generator=torch.Generator().manual_seed(5))
+    grads, logits = {}, {}
+    for impl in ("sdpa", int8kern.hf.ATTN_IMPLEMENTATION):
+        llama.set_attn_implementation(impl)
+        llama.zero_grad()
+        cache = DynamicCache(config=llama.config)
+        with torch.no_grad():
+            llama(ids[:, :-1], past_key_values=cache, use_cache=True)
+        out = llama(ids[:, -1:], past_key_values=cache, use_cache=True).logits
+        out.square().sum().backward()
+        logits[impl] = out.detach()
+        grads[impl] = llama.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    llama.set_attn_implementation("sdpa")
+    llama.zero_grad()
+    assert torch.equal(logits["sdpa"], logits[int8kern.hf.ATTN_IMPLEMENTATION])
+    assert grads["sdpa"].abs().max() > 0
+    assert torch.equal(grads["sdpa"], grads[int8kern.hf.ATTN_IMPLEMENTATION])

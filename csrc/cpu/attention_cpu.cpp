@@ -19,6 +19,9 @@
 // of 16 is attended); a query that attends to no position gives 0 (as torch's CPU flash
 // attention does); a NaN in an attended row of q, k or v gives NaN.
 #include <immintrin.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -433,6 +436,26 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& key, 
   return out;
 }
 
+// The Autograd key's kernel: decode_attention has no backward (it serves inference), so a call
+// that would need one is an error here rather than an output without a gradient (torch's
+// fallback only warns, and only once the backward runs). Any other call goes straight on to
+// the CPU kernel, in C++: a Python autograd kernel would cost every call of a decode step a
+// Python function (see csrc/int8_linear_autograd.cpp).
+at::Tensor decode_attention_autograd(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                     const c10::optional<at::Tensor>& attn_mask, double scale) {
+  TORCH_CHECK(!(at::GradMode::is_enabled() && (query.requires_grad() || key.requires_grad() || value.requires_grad())),
+              "int8kern.decode_attention: has no backward (inference only), but query, key or value requires grad "
+              "with grad mode on; call it under torch.no_grad() or torch.inference_mode(), or use "
+              "torch.nn.functional.scaled_dot_product_attention (attn_implementation=\"int8kern\" does so itself "
+              "when a gradient is needed)");
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("int8kern::decode_attention", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const c10::optional<at::Tensor>&, double)>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(query, key, value, attn_mask, scale);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(int8kern, m) {
@@ -443,6 +466,7 @@ TORCH_LIBRARY_FRAGMENT(int8kern, m) {
 }
 
 TORCH_LIBRARY_IMPL(int8kern, CPU, m) { m.impl("decode_attention", &decode_attention_cpu); }
+TORCH_LIBRARY_IMPL(int8kern, Autograd, m) { m.impl("decode_attention", &decode_attention_autograd); }
 
 }  // namespace cpu
 }  // namespace int8kern

@@ -34,6 +34,10 @@ def decode_attention_applies(query, key, value, attention_mask, dropout: float =
     """Whether int8kern_attention_forward computes this call with ops.decode_attention."""
     if query.device.type != "cpu" or query.dim() != 4 or query.shape[2] != 1 or dropout != 0.0:
         return False
+    # decode_attention has no backward: a call that needs a gradient (grad mode on, and the
+    # model's float parameters making the query require one) goes to SDPA.
+    if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
+        return False
     if not (query.dtype == key.dtype == value.dtype) or key.shape != value.shape:
         return False
     if any(kwargs.get(name) not in (None, False) for name in _UNSUPPORTED_KWARGS):
