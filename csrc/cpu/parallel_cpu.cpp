@@ -260,8 +260,9 @@ constexpr int64_t kMinParallelWorkPolled = int64_t{96} << 10;
 //
 // See parallel.h (prefetch_after_stream). The calling thread keeps, under `mutex`, which
 // stream followed which the last time (keyed by the stream's address) and publishes a plan:
-// the streams expected next, up to budget_bytes. The first helper runs the plan in slices
-// between its polls of offer_seq, and drops it when work is offered.
+// the streams expected next, up to the budget. The first helper runs the plan in slices
+// between its polls of offer_seq, leaves it when work is offered, and goes on with it after
+// unless a newer plan has come.
 struct Stream {
   const char* data = nullptr;
   int64_t bytes = 0;
@@ -467,7 +468,7 @@ void prefetch_after_stream(const void* data, int64_t bytes) {
   Helpers* h = helpers_now.load(std::memory_order_acquire);
   // One thread: the user gave us one core; a helper polling still (its window after the last
   // two-thread call) finishes the plan it has and gets no more.
-  if (budget == 0 || h == nullptr || h->polling.load(std::memory_order_relaxed) == 0 || cpu_threads() < 2) return;
+  if (budget == 0 || h == nullptr || cpu_threads() < 2) return;
   Prefetcher& pf = h->prefetcher;
   const Stream done{static_cast<const char*>(data), bytes};
   std::lock_guard<std::mutex> lock(pf.mutex);
@@ -475,6 +476,7 @@ void prefetch_after_stream(const void* data, int64_t bytes) {
   if (follower.size() >= kMaxRememberedStreams) follower.clear();
   if (pf.latest.data != nullptr && pf.latest.data != done.data) follower[pf.latest.data] = done;
   pf.latest = done;
+  if (h->polling.load(std::memory_order_relaxed) == 0) return;  // asleep: learn the order only
   int n = 0;
   int64_t planned = 0;
   for (const char* at = done.data; n < kMaxPlannedStreams && planned < budget;) {
