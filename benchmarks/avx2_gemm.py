@@ -36,9 +36,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+sys.path.insert(0, HERE)
+from timing import EMULATE_AVX2_ENV  # noqa: E402
+
 SETTINGS = {
-    "avx2": {"INT8KERN_CPU_ISA": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-             "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx2": EMULATE_AVX2_ENV,
     "vnni": {"INT8KERN_CPU_ISA": "vnni"},
 }
 
@@ -47,7 +49,6 @@ def run_setting(args) -> dict:
     """The child: times every case at every M in this process's setting."""
     import torch
 
-    sys.path.insert(0, HERE)
     from timing import environment
 
     import int8kern

@@ -91,7 +91,7 @@ import int8kern
 import int8kern.hf  # registers the attention implementation "int8kern"
 from int8kern.eval import models
 
-from timing import cpu_isa
+from timing import EMULATE_AVX2_ENV, cpu_isa, emulating_avx2
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -124,6 +124,12 @@ def llama_cpp_source() -> Path:
     return models.cache_dir() / f"llama-cpp-python-{llama_cpp_version()}" / "vendor" / "llama.cpp"
 
 
+def llama_cpp_avx2_dir() -> Path:
+    """The llama-cpp-python built for AVX2 only (`scripts/bench_requirements.sh PY avx2`), a pip
+    --target folder that --emulate-avx2 puts first on PYTHONPATH."""
+    return models.cache_dir() / f"llama-cpp-python-{llama_cpp_version()}-avx2"
+
+
 def llama_cpp_unavailable() -> str | None:
     """None when llama.cpp can run here (the pinned llama-cpp-python imports, the converter
     is unpacked), else why not: the reason scripts/bench_requirements.sh recorded when the
@@ -141,6 +147,9 @@ def llama_cpp_unavailable() -> str | None:
         return why
     if llama_cpp.__version__ != version:
         return f"llama-cpp-python {llama_cpp.__version__} is installed, the pin is {version}"
+    if emulating_avx2() and not Path(llama_cpp.__file__).is_relative_to(llama_cpp_avx2_dir()):
+        return (f"no AVX2-only llama.cpp at {llama_cpp_avx2_dir()} "
+                f"(scripts/bench_requirements.sh {sys.executable} avx2 builds it)")
     if not (llama_cpp_source() / "convert_hf_to_gguf.py").is_file():
         return f"llama.cpp's converter is not unpacked at {llama_cpp_source()} (scripts/bench_requirements.sh does it)"
     return None
@@ -444,9 +453,15 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     isa = cpu_isa()
     n_threads = threads()
     gqa = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
-    print(f"\n-- text generation, CPU: {isa['cpu']}; ISA: {isa['isa']}; {n_threads} threads for every method; "
-          f"TRANSFORMERS_SDPA_FORCE_GQA={gqa}", flush=True)
-    result = {"cpu": isa, "threads": n_threads, "rows": [], "skipped": None, "transformers_sdpa_force_gqa": gqa}
+    emulated = emulating_avx2()
+    isa_note = isa["isa"] + ("; EMULATING an AVX2-only CPU (" + ", ".join(f"{k}={v}" for k, v in
+                             EMULATE_AVX2_ENV.items()) + "; llama.cpp built for AVX2 only)" if emulated else "")
+    kernels = {"int8kern": torch.ops.int8kern._cpu_isa(), "torch": torch.backends.cpu.get_cpu_capability()}
+    print(f"\n-- text generation, CPU: {isa['cpu']}; ISA: {isa_note}; kernels: int8kern {kernels['int8kern']}, "
+          f"torch {kernels['torch']}; {n_threads} threads for every method; TRANSFORMERS_SDPA_FORCE_GQA={gqa}",
+          flush=True)
+    result = {"cpu": isa, "emulated_isa": "avx2" if emulated else None, "kernel_isa": kernels,
+              "threads": n_threads, "rows": [], "skipped": None, "transformers_sdpa_force_gqa": gqa}
     try:
         hf_dir = models.smollm2_safetensors_dir()
         model_name = "SmolLM2-135M-Instruct"
@@ -476,6 +491,12 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     n_ctx = ids.shape[1] + new_tokens + 16
     result.update(model=model_name, text=text, prefill_tokens=int(ids.shape[1]), new_tokens=new_tokens,
                   rounds=rounds, compile_backend=backend, llama_cpp=None if llama_why else llama_cpp_version())
+    if llama_why is None:
+        import llama_cpp
+        # The ggml CPU backend's features as built and detected ("AVX512 = 0" in an AVX2-only build).
+        result["llama_cpp_system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+        if emulated:
+            print(f"   llama.cpp: {result['llama_cpp_system_info']}", flush=True)
     methods = build_methods(hf_dir, n_threads, n_ctx, backend, llama_why)
     id_list = ids[0].tolist()
 
@@ -545,10 +566,27 @@ def main(argv=None):
     p.add_argument("--out", help="JSON file for the table")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(n) first: every method then uses n "
                    "(default: torch's count, capped by int8kern's CPU budget)")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="an AVX2-only CPU (no AVX-512, no VNNI) emulated on this one: reruns itself with every "
+                   "library's CPU kernels capped at AVX2 (timing.EMULATE_AVX2_ENV) and the llama.cpp that "
+                   "`scripts/bench_requirements.sh PY avx2` builds; default --out generate-cpu-avx2-emulated.json")
     args = p.parse_args(argv)
+    if args.emulate_avx2 and not emulating_avx2():
+        # The caps are read when each library first runs a kernel: only a fresh process gets them all.
+        env = dict(os.environ, **EMULATE_AVX2_ENV)
+        # A compile cache of its own: inductor's FX graph cache does not key on the capped ISA, and
+        # code generated for AVX-512 (16-float vectors) built with AVX2 flags read past its buffers
+        # (a segfault in the rotary embedding's kernel, 2026-12-05).
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(),
+                       f"torchinductor_{os.environ.get('USER', 'user')}_avx2_emulated"))
+        env["PYTHONPATH"] = os.pathsep.join([str(llama_cpp_avx2_dir()), str(HERE)] +
+                                            ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or (None if args.dry_run else str(HERE / "results" / "generate-cpu.json"))
+    default_out = "generate-cpu-avx2-emulated.json" if args.emulate_avx2 else "generate-cpu.json"
+    out = args.out or (None if args.dry_run else str(HERE / "results" / default_out))
     run(args.new_tokens, args.rounds, dry_run=args.dry_run, out=out)
 
 

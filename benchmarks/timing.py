@@ -22,6 +22,21 @@ from typing import Callable, Optional, Sequence
 import torch
 
 
+# An AVX2-only x86 CPU (no AVX-512, no VNNI), emulated on a newer one: every library's CPU
+# kernels capped at AVX2. int8kern's hand-written kernels (INT8KERN_CPU_ISA), MKL (float32 mm),
+# oneDNN (torch's int8 and bf16 GEMMs, _int_mm), ATen's vectorized kernels and inductor's
+# generated code (ATEN_CPU_CAPABILITY). Each library reads its variable when it first runs:
+# the emulating process must start with them (benchmarks/avx2_gemm.py, bench_generate.py
+# --emulate-avx2 start one). Zen 4 runs 256-bit code at full rate: a proxy, not the machine.
+EMULATE_AVX2_ENV = {"INT8KERN_CPU_ISA": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                    "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def emulating_avx2() -> bool:
+    """True in a process started with EMULATE_AVX2_ENV."""
+    return all(os.environ.get(k) == v for k, v in EMULATE_AVX2_ENV.items())
+
+
 def environment(device: str) -> dict:
     env = {
         "date": datetime.date.today().isoformat(),
