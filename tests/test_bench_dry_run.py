@@ -74,3 +74,26 @@ def test_bench_model_dry_run(tmp_path):
         assert row["decode_graphs"]["dynamo_graphs"] >= 1  # the decode step was compiled, fullgraph
     # the same greedy tokens, compiled or not (float16 itself; int8 ones may differ by rounding)
     assert methods["float16"]["decode_eager"]["first_tokens"] == methods["float16"]["decode_graphs"]["first_tokens"]
+
+
+def test_bench_generate_emulating_avx2_dry_run(tmp_path):
+    """--emulate-avx2 reruns the table in a process whose kernels (int8kern's, torch's, MKL's,
+    oneDNN's, inductor's) are all capped at AVX2, with llama.cpp's AVX2-only build when one is
+    there (scripts/bench_requirements.sh PY avx2); without it the llama.cpp rows say so."""
+    sys.path.insert(0, BENCH)
+    from timing import cpu_isa
+    if not cpu_isa()["flags"]["avx2"]:
+        pytest.skip("this CPU has no AVX2 to cap the kernels at")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_generate.py"), "--dry-run", "--emulate-avx2",
+                           "--out", str(tmp_path / "gen.json")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    res = json.loads((tmp_path / "gen.json").read_text())
+    assert res["emulated_isa"] == "avx2" and "EMULATING an AVX2-only CPU" in proc.stdout
+    assert res["kernel_isa"] == {"int8kern": "avx2", "torch": "AVX2"}
+    rows = {r["method"]: r for r in res["rows"]}
+    assert rows["the same, a greedy loop instead of generate()"]["error"] is None
+    q8 = rows["llama.cpp Q8_0"]
+    if q8["error"] is None:  # the AVX2-only build: ggml reports no AVX-512 feature
+        assert "AVX2 = 1" in res["llama_cpp_system_info"] and "AVX512" not in res["llama_cpp_system_info"]
+    else:
+        assert "AVX2" in q8["error"] or "llama" in q8["error"], q8["error"]

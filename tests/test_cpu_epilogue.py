@@ -6,8 +6,9 @@ order, so on the CPU every output dtype must match int8kern.reference exactly, a
 with `add` in the output dtype or float32, on both GEMM paths (own tiles at M < 64, oneDNN +
 one epilogue pass at M >= 256 on VNNI CPUs). int8_linear's outlier term, formed inside the
 epilogue, must equal the reference's (reference.outlier_product: the float64 sum rounded to float32
-and then to x's dtype, added last). And the AVX-512 code and its scalar
-fallback (INT8KERN_CPU_SCALAR_EPILOGUE=1, read once per process) must agree exactly."""
+and then to x's dtype, added last). And the AVX-512 code, the scalar code with its outlier sums
+in AVX2 (what an AVX2 CPU runs: INT8KERN_CPU_ISA=avx2) and the scalar fallback
+(INT8KERN_CPU_SCALAR_EPILOGUE=1; both read once per process) must agree exactly."""
 import os
 import subprocess
 import sys
@@ -96,9 +97,12 @@ torch.save(outs, sys.argv[1])
 """
 
 
-def test_avx512_and_scalar_epilogues_agree(tmp_path):
+def test_avx512_avx2_and_scalar_epilogues_agree(tmp_path):
     paths = {}
-    for name, extra in (("default", {}), ("scalar", {"INT8KERN_CPU_SCALAR_EPILOGUE": "1"})):
+    settings = [("default", {}), ("scalar", {"INT8KERN_CPU_SCALAR_EPILOGUE": "1"})]
+    if torch.ops.int8kern._cpu_isa() != "generic":  # this CPU has AVX2 at least
+        settings.append(("avx2", {"INT8KERN_CPU_ISA": "avx2"}))
+    for name, extra in settings:
         paths[name] = tmp_path / f"{name}.pt"
         out = subprocess.run([sys.executable, "-c", SCRIPT, str(paths[name])], env=dict(os.environ, **extra),
                              capture_output=True, text=True, timeout=600)
@@ -107,4 +111,7 @@ def test_avx512_and_scalar_epilogues_agree(tmp_path):
     assert len(default) == len(scalar) == 36
     for d, s in zip(default, scalar):
         _same(d, s)
+    if "avx2" in paths:
+        for d, a in zip(default, torch.load(paths["avx2"])):
+            _same(d, a)
     assert any(torch.isnan(d).any() for d in default)  # the NaN row came through

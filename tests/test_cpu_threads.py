@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -319,3 +320,35 @@ def test_prefetch_learns_the_order_and_keeps_results():
     assert busy >= 29 * 4 * (192 * 576) // 4, busy
     # One thread: no new plans; the helper may finish the one it had (the 1 MiB budget).
     assert after_one <= 1 << 20, after_one
+
+
+@pytest.mark.skipif("INT8KERN_NUM_THREADS" in os.environ, reason="the override replaces torch's count")
+def test_large_gemm_on_torchs_team_only_when_torch_has_the_threads():
+    """A prefill-sized GEMM on int8kern's own tiles (M = 100: below oneDNN's sizes) runs on
+    torch's OpenMP team when torch's ops use as many threads as int8kern's kernels (their
+    workers spin after each of torch's ops; parallel.h, parallel_chunks_large), and on int8kern's
+    helpers when torch runs on one thread; the results are the same either way."""
+    if torch.ops.int8kern._cpu_budget()[0] < 2:
+        pytest.skip("one CPU: every call runs on the calling thread")
+    team_regions = torch.ops.int8kern._cpu_openmp_team_regions
+    layer, x = linear(4096, 1024, 6.0, M=100)
+    before_threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            torch.set_num_threads(2)
+            for _ in range(40):  # a stall earlier in the process backs off to one thread for <= 1 s
+                before = team_regions()
+                team = layer(x)
+                if team_regions() > before:
+                    break
+                time.sleep(0.05)
+            assert team_regions() == before + 1  # one region for the whole product
+            torch.set_num_threads(1)
+            int8kern.set_num_threads(2)
+            before = team_regions()
+            helpers = layer(x)
+            assert team_regions() == before
+    finally:
+        int8kern.set_num_threads(0)
+        torch.set_num_threads(before_threads)
+    assert torch.equal(team, helpers)

@@ -39,7 +39,8 @@ struct EpilogueArgs {
 
 // out[r * ldo + j - j0] for rows i .. i + rows - 1 and columns j0 .. j0 + n - 1, from
 // acc[r * ld + j - j0]. AVX-512 when the CPU has it (epilogue_cpu.cpp), the same arithmetic
-// scalar otherwise; both give identical results. With an outlier term, j0 % 32 == 0. OutT is float, at::Half or at::BFloat16;
+// scalar otherwise (its outlier sums in AVX2 where the CPU has that); all give identical
+// results. With an outlier term, j0 % 32 == 0. OutT is float, at::Half or at::BFloat16;
 // AddT is OutT or float.
 template <typename OutT, typename AddT>
 void dequantize_tile(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,

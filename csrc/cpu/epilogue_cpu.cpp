@@ -1,5 +1,6 @@
 // dequantize_tile (epilogue.h): the dequantize epilogue over a tile of the int32 accumulator,
-// in AVX-512 when the CPU has it, with a scalar version of the same arithmetic otherwise.
+// in AVX-512 when the CPU has it, with a scalar version of the same arithmetic otherwise (its
+// outlier sums in AVX2 when the CPU has that).
 //
 // The AVX-512 strip is R <= 4 rows by 32 columns: the outlier term's R x 32 double sums live
 // in 16 zmm registers while the outlier columns are walked once (4 loads of wo and R
@@ -23,28 +24,94 @@ namespace int8kern {
 namespace cpu {
 namespace {
 
+// ---------------------------------------------------------------- outlier sums, AVX2
+
+// Without AVX-512, the outlier term is the epilogue's one costly part: n_out multiply-adds in
+// double per output element, one dependent chain each when scalar (~4 cycles a column), which
+// made int8_linear on an AVX2 CPU 3-8x slower with 32-128 outlier columns than without
+// (benchmarks/NOTES.md, 2026-12-05). Here 16 columns of up to 2 rows at a time in ymm: 8 double
+// accumulators, c ascending as in the scalar loop. Each product is exact in double (two float32
+// values), so the FMA rounds exactly as the scalar code's separate add does: the same sums, bit
+// for bit. The rest of the epilogue stays scalar: a few float operations per element.
+template <int R>
+__attribute__((target("avx2,fma"))) void outlier_sums_avx2(const EpilogueArgs& e, int64_t i, int64_t j0,
+                                                          double (*sums)[32]) {
+  const int64_t n_out = e.n_out;
+  const double* xo = e.xo + i * n_out;
+  for (int h = 0; h < 32; h += 16) {
+    __m256d o[R][4];
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) o[r][v] = _mm256_setzero_pd();
+    const double* wo = e.wo + j0 * n_out + h;  // this block's [n_out][32] (zero past N), columns h ..
+    for (int64_t c = 0; c < n_out; ++c, wo += 32) {
+      __m256d w[4];
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) w[v] = _mm256_loadu_pd(wo + 4 * v);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        const __m256d xv = _mm256_broadcast_sd(xo + r * n_out + c);
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) o[r][v] = _mm256_fmadd_pd(xv, w[v], o[r][v]);  // exact product
+      }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) _mm256_storeu_pd(&sums[r][h + 4 * v], o[r][v]);
+  }
+}
+
+bool cpu_has_avx2_outlier_sums() {
+  static const bool has = cpu_isa() >= CpuIsa::kAvx2 && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma") && std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") == nullptr;
+  return has;
+}
+
+// sums[r][j] = sum_c xo[i + r, c] * wo[c, j0 + j] in double, c ascending, for rows r < rows
+// (<= 2) and the 32-column block at j0 (j0 % 32 == 0).
+void outlier_sums(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, double (*sums)[32]) {
+  if (cpu_has_avx2_outlier_sums()) {
+    if (rows == 2) outlier_sums_avx2<2>(e, i, j0, sums);
+    else outlier_sums_avx2<1>(e, i, j0, sums);
+    return;
+  }
+  const double* wo = e.wo + j0 * e.n_out;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* xo = e.xo + (i + r) * e.n_out;
+    for (int64_t j = 0; j < 32; ++j) {
+      double s = 0.0;
+      for (int64_t c = 0; c < e.n_out; ++c) s += xo[c] * wo[c * 32 + j];
+      sums[r][j] = s;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- scalar
 
 template <typename OutT, typename AddT>
 void dequantize_tile_scalar(const EpilogueArgs& e, int64_t i, int64_t rows, int64_t j0, int64_t n,
                             const int32_t* acc, int64_t ld, OutT* out, int64_t ldo) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float rs = e.row_absmax[i + r] / 127.0f;
-    const AddT* add = e.add ? static_cast<const AddT*>(e.add) + (i + r) * e.N + j0 : nullptr;
-    const double* xo = e.xo + (i + r) * e.n_out;
-    for (int64_t j = 0; j < n; ++j) {
-      float v = static_cast<float>(acc[r * ld + j]) * rs * e.col_scale[j0 + j];
-      if (e.bias) v += e.bias[j0 + j];
-      if (add) v += static_cast<float>(add[j]);
-      if (e.n_out > 0) {
-        double s = 0.0;
-        for (int64_t c = 0; c < e.n_out; ++c)
-          s += xo[c] * e.wo[((j0 + j) / 32 * e.n_out + c) * 32 + (j0 + j) % 32];
-        // float64 -> float32 -> OutT (x's dtype), then added in float32: the reference's
-        // outlier_product and `+ add.float()`.
-        v += static_cast<float>(static_cast<OutT>(static_cast<float>(s)));
+  double sums[2][32];
+  for (int64_t jb = 0; jb < n; jb += 32) {  // with an outlier term, j0 + jb starts a block of wo
+    const int64_t nb = std::min<int64_t>(32, n - jb);
+    for (int64_t r0 = 0; r0 < rows; r0 += 2) {
+      const int64_t pair = std::min<int64_t>(2, rows - r0);
+      if (e.n_out > 0) outlier_sums(e, i + r0, pair, j0 + jb, sums);
+      for (int64_t r = r0; r < r0 + pair; ++r) {
+        const float rs = e.row_absmax[i + r] / 127.0f;
+        const AddT* add = e.add ? static_cast<const AddT*>(e.add) + (i + r) * e.N + j0 + jb : nullptr;
+        for (int64_t j = 0; j < nb; ++j) {
+          float v = static_cast<float>(acc[r * ld + jb + j]) * rs * e.col_scale[j0 + jb + j];
+          if (e.bias) v += e.bias[j0 + jb + j];
+          if (add) v += static_cast<float>(add[j]);
+          // float64 -> float32 -> OutT (x's dtype), then added in float32: the reference's
+          // outlier_product and `+ add.float()`.
+          if (e.n_out > 0) v += static_cast<float>(static_cast<OutT>(static_cast<float>(sums[r - r0][j])));
+          out[r * ldo + jb + j] = static_cast<OutT>(v);
+        }
       }
-      out[r * ldo + j] = static_cast<OutT>(v);
     }
   }
 }

@@ -356,7 +356,7 @@ void gemm_blocked_with(const Path& path, const at::Tensor& a, const at::Tensor& 
   // The work estimate, in bytes: the weight streamed once per block of a's rows, plus the
   // multiply-accumulates at the ~16 per byte-time that one core of either path sustains.
   const int64_t work = m_blocks * N * K + M * N * K / 16;
-  parallel_chunks(m_blocks * n_blocks, 1, work, [&](int, int64_t t0, int64_t t1) {
+  parallel_chunks_large(m_blocks * n_blocks, 1, work, [&](int, int64_t t0, int64_t t1) {
     thread_local std::vector<int32_t> acc;
     acc.resize(BLOCK_M * BLOCK_N);
     for (int64_t t = t0; t < t1; ++t) {

@@ -9,7 +9,8 @@
 // 2026-12-03). parallel_chunks() below never waits for a thread that has not started: the
 // calling thread claims chunks of the work itself, helper threads claim the rest when they get
 // CPU time, and the caller waits only for chunks a helper has already claimed. Work too small
-// to pay for a second thread runs on the calling thread alone.
+// to pay for a second thread runs on the calling thread alone. The one exception, large GEMMs
+// while torch's own OpenMP workers are there to take them, is parallel_chunks_large below.
 //
 // A helper can still be preempted inside a chunk it claimed, and the caller then waits for it
 // (a chunk's inputs live on the caller's stack, so the caller cannot return before it ends).
@@ -71,6 +72,23 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 20;
 // serially).
 using ChunkFn = std::function<void(int worker, int64_t begin, int64_t end)>;
 void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, int max_workers = 0);
+
+// parallel_chunks, except that a call of at least kOpenMpTeamWork runs on torch's OpenMP team
+// when torch's ops use at least as many threads as int8kern's kernels would. Why: after each
+// of torch's parallel ops its OpenMP workers spin (libgomp's default: about a millisecond)
+// before they sleep, on the very cores the helpers need; in a prefill, where int8kern's
+// GEMMs alternate with torch's ops, a helper then shared its core with a spinning worker, its
+// chunks stalled, and the backoff ran the GEMMs on one thread: on an AVX2 CPU (emulated), 25-34
+// stalls per SmolLM2 prefill of 512 tokens and 1.5x its time (benchmarks/NOTES.md,
+// 2026-12-05). torch's own workers, spinning, take the work at once, and a join costs
+// microseconds next to a call of a millisecond or more. The GEMMs of a decode step are below
+// the size, and with torch.set_num_threads(1) (the recipe for shared cores: no worker spins
+// then) every call takes the helpers. The chunks are claimed dynamically, as the helpers do.
+void parallel_chunks_large(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn);
+constexpr int64_t kOpenMpTeamWork = int64_t{2} << 20;
+
+// How many calls of parallel_chunks_large have run on torch's OpenMP team (a debug counter).
+int64_t openmp_team_regions();
 
 // How many calls of parallel_chunks have offered work to a helper thread since the process
 // started (a debug counter: the tests count the parallel regions of one op call with it).

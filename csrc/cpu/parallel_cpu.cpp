@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -553,6 +554,40 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
   if (job->error) std::rethrow_exception(job->error);
 }
 
+std::atomic<int64_t> openmp_regions{0};
+
+int64_t openmp_team_regions() { return openmp_regions.load(); }
+
+void parallel_chunks_large(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn) {
+  grain = std::max<int64_t>(1, grain);
+  const int64_t n_chunks = n > 0 ? (n + grain - 1) / grain : 0;
+  const int threads = static_cast<int>(std::min<int64_t>(cpu_threads(), n_chunks));
+  if (work < kOpenMpTeamWork || threads < 2 || at::get_num_threads() < threads || inside_chunk ||
+      at::in_parallel_region() || now_ns() < serial_until_ns.load(std::memory_order_relaxed)) {
+    parallel_chunks(n, grain, work, fn);
+    return;
+  }
+  openmp_regions.fetch_add(1);
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel num_threads(threads)
+  {
+    inside_chunk = true;  // a nested call runs serially, as on a helper
+    const int worker = omp_get_thread_num();
+    for (int64_t c; (c = next.fetch_add(1)) < n_chunks;) {
+      try {
+        fn(worker, c * grain, std::min(n, (c + 1) * grain));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+    inside_chunk = false;
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 namespace {
 
 // int8kern.get_num_threads / set_num_threads wrap the first two; the rest are for the tests
@@ -574,6 +609,7 @@ std::tuple<int64_t, double, int64_t, int64_t> cpu_budget_from_op(std::string roo
 
 int64_t parallel_regions_op() { return parallel_regions(); }
 int64_t parallel_stalls_op() { return parallel_stalls(); }
+int64_t openmp_team_regions_op() { return openmp_team_regions(); }
 void set_prefetch_bytes_op(int64_t bytes) { set_prefetch_bytes(bytes); }
 int64_t prefetched_bytes_op() { return prefetched_bytes.load(); }
 
@@ -593,6 +629,8 @@ TORCH_LIBRARY_FRAGMENT(int8kern, m) {
   m.def("_cpu_parallel_regions() -> int", &parallel_regions_op);
   // parallel_stalls() (parallel.h).
   m.def("_cpu_parallel_stalls() -> int", &parallel_stalls_op);
+  // openmp_team_regions() (parallel.h).
+  m.def("_cpu_openmp_team_regions() -> int", &openmp_team_regions_op);
   // set_prefetch_bytes() (parallel.h).
   m.def("_set_cpu_prefetch_bytes(int bytes) -> ()", &set_prefetch_bytes_op);
   // Bytes the helpers have prefetched since the process started.
