@@ -54,15 +54,52 @@ absmax_bits_and_outliers_avx512(const bits32* bits, int64_t K, uint32_t t, uint8
   return _mm512_reduce_max_epu32(amax);
 }
 
+// The same in AVX2 (scalar, the loop took 4x the threshold-free pass: 0.22 against 0.05 ms for
+// a 512 x 576 float32 x on Zen 4 with the AVX2 kernels). |v|'s bits and t are below 2^31, so
+// the signed compares order them as the unsigned ones do; outliers are rare, so their bytes
+// are written one by one from the compare's movemask.
+__attribute__((target("avx2"))) uint32_t absmax_bits_and_outliers_avx2(const bits32* bits, int64_t K, uint32_t t,
+                                                                        uint8_t* mask) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), tv = _mm256_set1_epi32(static_cast<int>(t));
+  const __m256i inf = _mm256_set1_epi32(static_cast<int>(kInfBits));
+  __m256i amax = _mm256_setzero_si256();
+  int64_t j = 0;
+  for (; j + 8 <= K; j += 8) {
+    const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + j)), abs_mask);
+    // a >= t (not t > a) and a < inf
+    const __m256i outlier = _mm256_andnot_si256(_mm256_cmpgt_epi32(tv, a), _mm256_cmpgt_epi32(inf, a));
+    if (const int m = _mm256_movemask_ps(_mm256_castsi256_ps(outlier)))
+      for (int l = 0; l < 8; ++l)
+        if (m >> l & 1) mask[j + l] = 1;
+    amax = _mm256_max_epu32(amax, _mm256_andnot_si256(outlier, a));
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), amax);
+  uint32_t r = 0u;
+  for (uint32_t x : lanes) r = x > r ? x : r;
+  for (; j < K; ++j) {  // the tail, as the scalar loop
+    const uint32_t a = bits[j] & 0x7FFFFFFFu;
+    const bool outlier = a >= t && a < kInfBits;
+    mask[j] |= static_cast<uint8_t>(outlier);
+    const uint32_t kept = outlier ? 0u : a;
+    r = kept > r ? kept : r;
+  }
+  return r;
+}
+
 INT8KERN_CLONES
 float row_absmax_and_outliers(const float* v, int64_t K, float threshold, uint8_t* mask) {
-  static const bool avx512 = cpu_isa() >= CpuIsa::kAvx512;
+  static const CpuIsa isa = cpu_isa();
   const bits32* bits = reinterpret_cast<const bits32*>(v);
   uint32_t amax = 0u;
-  if (threshold > 0.0f && avx512) {
+  if (threshold > 0.0f && isa >= CpuIsa::kAvx512) {
     uint32_t t;
     std::memcpy(&t, &threshold, sizeof t);
     amax = absmax_bits_and_outliers_avx512(bits, K, t, mask);
+  } else if (threshold > 0.0f && isa >= CpuIsa::kAvx2) {
+    uint32_t t;
+    std::memcpy(&t, &threshold, sizeof t);
+    amax = absmax_bits_and_outliers_avx2(bits, K, t, mask);
   } else if (threshold > 0.0f) {
     uint32_t t;
     std::memcpy(&t, &threshold, sizeof t);
