@@ -55,6 +55,8 @@ environment says otherwise; the header line says which.
 A method that cannot run (llama.cpp not built, say) keeps its row, with the reason.
 
 Run by bench_ops.py (make bench); alone: python benchmarks/bench_generate.py [--dry-run].
+--emulate-avx2 (make bench-avx2-emulated): the same table with every library's kernels capped
+at AVX2 and llama.cpp built for AVX2 only, an AVX2-only CPU emulated on a newer one.
 --dry-run: a tiny random model of SmolLM2's architecture and tokenizer, a few tokens, and the
 "eager" compile backend (still fullgraph), to check the whole flow quickly.
 """
@@ -577,8 +579,9 @@ def main(argv=None):
         # A compile cache of its own: inductor's FX graph cache does not key on the capped ISA, and
         # code generated for AVX-512 (16-float vectors) built with AVX2 flags read past its buffers
         # (a segfault in the rotary embedding's kernel, 2026-12-05).
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(),
-                       f"torchinductor_{os.environ.get('USER', 'user')}_avx2_emulated"))
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+            tempfile.gettempdir(), f"torchinductor_{os.environ.get('USER', 'user')}")
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache.rstrip(os.sep) + "_avx2_emulated"
         env["PYTHONPATH"] = os.pathsep.join([str(llama_cpp_avx2_dir()), str(HERE)] +
                                             ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         argv = sys.argv[1:] if argv is None else list(argv)
