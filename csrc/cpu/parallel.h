@@ -75,11 +75,11 @@ void parallel_chunks(int64_t n, int64_t grain, int64_t work, const ChunkFn& fn, 
 
 // parallel_chunks, except that a call of at least kOpenMpTeamWork runs on torch's OpenMP team
 // when torch's ops use at least as many threads as int8kern's kernels would. Why: after each
-// of torch's parallel ops its OpenMP workers spin (libgomp's default: about a millisecond)
-// before they sleep, on the very cores the helpers need; in a prefill, where int8kern's
+// of torch's parallel ops its OpenMP workers spin before they sleep (libgomp's default wait
+// policy), on the very cores the helpers need; in a prefill, where int8kern's
 // GEMMs alternate with torch's ops, a helper then shared its core with a spinning worker, its
 // chunks stalled, and the backoff ran the GEMMs on one thread: on an AVX2 CPU (emulated), 25-34
-// stalls per SmolLM2 prefill of 512 tokens and 1.5x its time (benchmarks/NOTES.md,
+// stalls per SmolLM2 prefill of 512 tokens and 1.3-1.4x its time (benchmarks/NOTES.md,
 // 2026-12-05). torch's own workers, spinning, take the work at once, and a join costs
 // microseconds next to a call of a millisecond or more. The GEMMs of a decode step are below
 // the size, and with torch.set_num_threads(1) (the recipe for shared cores: no worker spins
