@@ -67,6 +67,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import statistics
@@ -330,6 +331,8 @@ class GreedyLoopRunner(HFRunner):
                  torch_threads: int | None = None):
         super().__init__(model, compile_backend, options, torch_threads)
         self.n_ctx, self.cache, self.step = n_ctx, None, None
+        # transformers 5 renamed the forward's KV-cache argument to `cache` (`past_key_values` warns).
+        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def run(self, ids: torch.Tensor, new_tokens: int):
         from transformers import StaticCache
@@ -341,13 +344,14 @@ class GreedyLoopRunner(HFRunner):
                                           options=dict(self.options) if self.options else None)  # it pops keys
             self.cache.reset()
             t0 = time.perf_counter()
-            logits = self.model(input_ids=ids, past_key_values=self.cache, logits_to_keep=1, use_cache=True).logits
+            kv = {self.cache_key: self.cache}
+            logits = self.model(input_ids=ids, **kv, logits_to_keep=1, use_cache=True).logits
             tok = logits[:, -1].argmax(-1, keepdim=True)
             toks, steps = [tok.item()], []
             prefill = time.perf_counter() - t0
             for _ in range(new_tokens - 1):
                 t0 = time.perf_counter()
-                logits = self.step(input_ids=tok, past_key_values=self.cache, logits_to_keep=1, use_cache=True).logits
+                logits = self.step(input_ids=tok, **kv, logits_to_keep=1, use_cache=True).logits
                 tok = logits[:, -1].argmax(-1, keepdim=True)
                 toks.append(tok.item())
                 steps.append(time.perf_counter() - t0)
@@ -377,6 +381,7 @@ class Method:
     decode_s: list = dataclasses.field(default_factory=list)
     tokens: list | None = None
     error: str | None = None
+    stalls: int = 0  # int8kern's parallel calls that saw a helper stall (each: one thread for a while)
 
 
 def tiny_checkpoint(tokenizer_dir: Path | None) -> Path:
@@ -450,8 +455,10 @@ def build_methods(hf_dir: Path, n_threads: int, n_ctx: int, backend: str, llama_
     return methods
 
 
-def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) -> dict:
-    """Measures the table, prints it, returns it as a dict (written to `out` if given)."""
+def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None, only=None) -> dict:
+    """Measures the table, prints it, returns it as a dict (written to `out` if given). only:
+    substrings of method names; the methods whose name contains none of them are left out
+    (transformers fp32 is always kept: the other rows' tokens are compared with its)."""
     isa = cpu_isa()
     n_threads = threads()
     gqa = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
@@ -463,7 +470,7 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
           f"torch {kernels['torch']}; {n_threads} threads for every method; TRANSFORMERS_SDPA_FORCE_GQA={gqa}",
           flush=True)
     result = {"cpu": isa, "emulated_isa": "avx2" if emulated else None, "kernel_isa": kernels,
-              "threads": n_threads, "rows": [], "skipped": None, "transformers_sdpa_force_gqa": gqa}
+              "threads": n_threads, "rows": [], "skipped": None, "transformers_sdpa_force_gqa": gqa, "methods_filter": only}
     try:
         hf_dir = models.smollm2_safetensors_dir()
         model_name = "SmolLM2-135M-Instruct"
@@ -500,6 +507,8 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
         if emulated:
             print(f"   llama.cpp: {result['llama_cpp_system_info']}", flush=True)
     methods = build_methods(hf_dir, n_threads, n_ctx, backend, llama_why)
+    if only:
+        methods = [m for m in methods if m.name.startswith("transformers fp32") or any(o in m.name for o in only)]
     id_list = ids[0].tolist()
 
     def once(m: Method):
@@ -510,7 +519,13 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
                 t0 = time.perf_counter()
                 m.runner.run(id_list if m.gguf else ids, 3)  # warm-up (compiles)
                 m.warmup_s = time.perf_counter() - t0
+            # Each setup starts as a process of its own would: not on one thread for up to 1 s
+            # because of the stalls of the setup before it (the rows whose torch ops run on the
+            # same cores, parallel.h).
+            torch.ops.int8kern._cpu_reset_parallel_backoff()
+            stalls = torch.ops.int8kern._cpu_parallel_stalls()
             prefill, steps, toks = m.runner.run(id_list if m.gguf else ids, new_tokens)
+            m.stalls += torch.ops.int8kern._cpu_parallel_stalls() - stalls
             m.prefill_s.append(prefill)
             m.decode_s += steps
             m.tokens = toks
@@ -534,7 +549,7 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
     print(f"   {model_name}, prompt: {ids.shape[1]} tokens of {text}; greedy decode of {new_tokens} tokens, "
           f"{rounds} rounds; median per token over the rounds")
     print(f"   {'method':<48} {'weights':<22} {'MB/token':>9} {'prefill ms':>11} {'decode ms/tok':>14} "
-          f"{'vs Q8_0':>8}  first tokens")
+          f"{'vs Q8_0':>8} {'stalls':>6}  first tokens")
     for m in methods:
         row = {"method": m.name, "weights": m.weights, "error": m.error}
         if m.error is None and m.decode_s:
@@ -544,16 +559,17 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None) ->
             row.update(prefill_ms=pre * 1e3, decode_ms=dec * 1e3, decode_tok_per_s=1 / dec,
                        decode_vs_llama_q8_0=vs, decode_weight_MB=m.decode_bytes / 1e6,
                        decode_samples=len(m.decode_s), prefill_samples=len(m.prefill_s),
-                       warmup_s=getattr(m, "warmup_s", None), tokens=m.tokens,
+                       warmup_s=getattr(m, "warmup_s", None), tokens=m.tokens, int8kern_stalls=m.stalls,
                        tokens_same_as_fp32=same)
             vs_s = "" if vs is None else f"{vs:7.2f}x"
             print(f"   {m.name:<48} {m.weights:<22} {m.decode_bytes / 1e6:9.1f} {pre * 1e3:11.1f} "
-                  f"{dec * 1e3:14.2f} {vs_s:>8}  {m.tokens[:6]}", flush=True)
+                  f"{dec * 1e3:14.2f} {vs_s:>8} {m.stalls:6d}  {m.tokens[:6]}", flush=True)
         else:
             print(f"   {m.name:<48} {m.weights:<22} skipped: {m.error}", flush=True)
         result["rows"].append(row)
     print("   vs Q8_0: decode time per token / llama.cpp Q8_0's (< 1: faster than llama.cpp); MB/token: "
-          "weight bytes a decode step reads")
+          "weight bytes a decode step reads; stalls: int8kern calls over the timed runs that waited on a helper "
+          "the OS had not scheduled (each puts int8kern's kernels on one thread for 10 ms to 1 s)")
     if out:
         with open(out, "w") as f:
             json.dump(result, f, indent=1)
@@ -566,6 +582,8 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="JSON file for the table")
+    p.add_argument("--methods", help="comma-separated substrings of method names: time only those (and "
+                   "transformers fp32), e.g. 'Q8_0,greedy loop' (a process of its own per subset)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(n) first: every method then uses n "
                    "(default: torch's count, capped by int8kern's CPU budget)")
     p.add_argument("--emulate-avx2", action="store_true",
@@ -590,7 +608,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     default_out = "generate-cpu-avx2-emulated.json" if args.emulate_avx2 else "generate-cpu.json"
     out = args.out or (None if args.dry_run else str(HERE / "results" / default_out))
-    run(args.new_tokens, args.rounds, dry_run=args.dry_run, out=out)
+    only = [o for o in args.methods.split(",") if o] if args.methods else None
+    run(args.new_tokens, args.rounds, dry_run=args.dry_run, out=out, only=only)
 
 
 if __name__ == "__main__":

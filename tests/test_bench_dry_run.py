@@ -61,6 +61,23 @@ def test_bench_ops_dry_run(tmp_path):
         assert rows["llama.cpp F32"]["decode_weight_MB"] == pytest.approx(rows["transformers fp32, eager"]["decode_weight_MB"], rel=0.01)
 
 
+def test_bench_generate_methods_filter(tmp_path):
+    """--methods times only the named rows (and float32, the tokens' reference), each with the
+    int8kern stalls its timed runs saw."""
+    out = tmp_path / "gen.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_generate.py"), "--dry-run", "--out", str(out),
+                           "--methods", "greedy loop,Q8_0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    gen, stdout = json.loads(out.read_text()), proc.stdout
+    names = [r["method"] for r in gen["rows"]]
+    assert names == ["llama.cpp Q8_0", "transformers fp32, eager", "the same, a greedy loop instead of generate()"], \
+        stdout
+    assert gen["methods_filter"] == ["greedy loop", "Q8_0"]
+    loop = gen["rows"][2]
+    assert loop["error"] is None and loop["decode_samples"] == gen["new_tokens"] - 1
+    assert isinstance(loop["int8kern_stalls"], int) and loop["int8kern_stalls"] >= 0
+
+
 def test_bench_model_dry_run(tmp_path):
     res, stdout = _run("bench_model.py", tmp_path, "--device", "cpu")
     methods = res["methods"]

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -228,6 +227,29 @@ def test_decode_call_opens_at_most_one_region(threshold):
         assert regions() - before <= 1
 
 
+def test_reset_backoff_takes_the_helpers_again():
+    """After a stall int8kern's kernels run on the calling thread for 10 ms to 1 s (parallel.h);
+    _cpu_reset_parallel_backoff ends that at once (benchmarks call it between setups), and the
+    stall counter stays."""
+    if torch.ops.int8kern._cpu_budget()[0] < 2:
+        pytest.skip("one CPU: every call runs on the calling thread")
+    layer, x = linear(4096, 4096, 6.0)
+    before_threads = torch.get_num_threads()
+    try:
+        int8kern.set_num_threads(2)
+        with torch.inference_mode():
+            for _ in range(3):
+                stalls = torch.ops.int8kern._cpu_parallel_stalls()
+                torch.ops.int8kern._cpu_reset_parallel_backoff()
+                assert torch.ops.int8kern._cpu_parallel_stalls() == stalls
+                before = regions()
+                layer(x)
+                assert regions() == before + 1
+    finally:
+        int8kern.set_num_threads(0)
+        torch.set_num_threads(before_threads)
+
+
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 def test_small_work_stays_on_one_thread(threshold):
     layer, x = linear(256, 256, threshold, M=4)
@@ -300,7 +322,11 @@ with torch.inference_mode():
     idle = prefetched() - before
     torch.ops.int8kern._set_cpu_prefetch_bytes(1 << 20)
     before = prefetched()
-    for _ in range(30): on = step()
+    for _ in range(30):
+        # A stall (the host took the helper's core) would put the next 10 ms, this whole loop,
+        # on one thread, which plans no prefetch: what is tested here is the plan.
+        torch.ops.int8kern._cpu_reset_parallel_backoff()
+        on = step()
     busy = prefetched() - before
     int8kern.set_num_threads(1)
     before = prefetched()
@@ -336,12 +362,9 @@ def test_large_gemm_on_torchs_team_only_when_torch_has_the_threads():
     try:
         with torch.inference_mode():
             torch.set_num_threads(2)
-            for _ in range(40):  # a stall earlier in the process backs off to one thread for <= 1 s
-                before = team_regions()
-                team = layer(x)
-                if team_regions() > before:
-                    break
-                time.sleep(0.05)
+            torch.ops.int8kern._cpu_reset_parallel_backoff()  # no backoff left by an earlier stall
+            before = team_regions()
+            team = layer(x)
             assert team_regions() == before + 1  # one region for the whole product
             torch.set_num_threads(1)
             int8kern.set_num_threads(2)

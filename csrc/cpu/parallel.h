@@ -97,6 +97,12 @@ int64_t parallel_regions();
 // How many times a caller waited for a helper's chunk long enough to back off (see the top).
 int64_t parallel_stalls();
 
+// Forgets the stalls seen so far: the next call may take the helpers, and the next backoff is
+// the shortest. For a benchmark that times several setups in one process, so that one setup
+// does not start on one thread because of the previous one's stalls (torch's OpenMP workers
+// spinning beside the helpers, say); the counter of parallel_stalls() is kept.
+void reset_parallel_backoff();
+
 // A decode step streams the same weights in the same order every token, and between two of
 // its GEMVs the calling thread runs the framework's code (Python, the dispatcher, the small
 // fused kernels) while the helpers poll. Called after a GEMV has streamed [data, data +

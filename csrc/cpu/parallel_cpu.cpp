@@ -464,6 +464,11 @@ int cpu_threads() {
 int64_t parallel_regions() { return regions_offered.load(); }
 int64_t parallel_stalls() { return stalls_seen.load(); }
 
+void reset_parallel_backoff() {
+  serial_until_ns.store(0);
+  backoff_ns.store(kMinBackoffNs);
+}
+
 void prefetch_after_stream(const void* data, int64_t bytes) {
   const int64_t budget = prefetch_budget();
   Helpers* h = helpers_now.load(std::memory_order_acquire);
@@ -629,6 +634,8 @@ TORCH_LIBRARY_FRAGMENT(int8kern, m) {
   m.def("_cpu_parallel_regions() -> int", &parallel_regions_op);
   // parallel_stalls() (parallel.h).
   m.def("_cpu_parallel_stalls() -> int", &parallel_stalls_op);
+  // reset_parallel_backoff() (parallel.h).
+  m.def("_cpu_reset_parallel_backoff() -> ()", &reset_parallel_backoff);
   // openmp_team_regions() (parallel.h).
   m.def("_cpu_openmp_team_regions() -> int", &openmp_team_regions_op);
   // set_prefetch_bytes() (parallel.h).
