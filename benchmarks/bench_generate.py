@@ -508,6 +508,10 @@ def run(new_tokens=32, rounds=3, prefill_tokens=512, dry_run=False, out=None, on
             print(f"   llama.cpp: {result['llama_cpp_system_info']}", flush=True)
     methods = build_methods(hf_dir, n_threads, n_ctx, backend, llama_why)
     if only:
+        unknown = [o for o in only if not any(o in m.name for m in methods)]
+        if unknown:
+            raise SystemExit(f"bench_generate.py: --methods {','.join(unknown)} names no method; the methods: "
+                             + "; ".join(m.name for m in methods))
         methods = [m for m in methods if m.name.startswith("transformers fp32") or any(o in m.name for o in only)]
     id_list = ids[0].tolist()
 

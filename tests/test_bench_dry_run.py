@@ -76,6 +76,12 @@ def test_bench_generate_methods_filter(tmp_path):
     loop = gen["rows"][2]
     assert loop["error"] is None and loop["decode_samples"] == gen["new_tokens"] - 1
     assert isinstance(loop["int8kern_stalls"], int) and loop["int8kern_stalls"] >= 0
+    # a name that matches nothing is an error that lists the names, not a table of float32 alone
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_generate.py"), "--dry-run", "--out",
+                           str(tmp_path / "none.json"), "--methods", "greedy loop,Q9_9"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "--methods Q9_9 names no method" in proc.stderr, proc.stderr[-2000:]
+    assert "llama.cpp Q8_0" in proc.stderr and not (tmp_path / "none.json").exists()
 
 
 def test_bench_model_dry_run(tmp_path):
