@@ -63,9 +63,16 @@ __attribute__((target("avx2,fma"))) void outlier_sums_avx2(const EpilogueArgs& e
   }
 }
 
+// INT8KERN_CPU_SCALAR_EPILOGUE set: the scalar epilogue and outlier sums, whatever the CPU
+// (the tests compare them with the vector ones); read once per process.
+bool scalar_epilogue_forced() {
+  static const bool forced = std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") != nullptr;
+  return forced;
+}
+
 bool cpu_has_avx2_outlier_sums() {
   static const bool has = cpu_isa() >= CpuIsa::kAvx2 && __builtin_cpu_supports("avx2") &&
-                          __builtin_cpu_supports("fma") && std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") == nullptr;
+                          __builtin_cpu_supports("fma") && !scalar_epilogue_forced();
   return has;
 }
 
@@ -274,7 +281,7 @@ INT8KERN_AVX512 void dequantize_rows_transposed_avx512(const EpilogueArgs& e, in
 bool cpu_has_avx512_epilogue() {
   static const bool has = cpu_isa() >= CpuIsa::kAvx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("f16c") && std::getenv("INT8KERN_CPU_SCALAR_EPILOGUE") == nullptr;
+                          __builtin_cpu_supports("f16c") && !scalar_epilogue_forced();
   return has;
 }
 
