@@ -229,8 +229,9 @@ def test_decode_call_opens_at_most_one_region(threshold):
 
 def test_reset_backoff_takes_the_helpers_again():
     """After a stall int8kern's kernels run on the calling thread for 10 ms to 1 s (parallel.h);
-    _cpu_reset_parallel_backoff ends that at once (benchmarks call it between setups), and the
-    stall counter stays."""
+    _cpu_reset_parallel_backoff ends that at once (benchmarks call it between setups). A stall
+    cannot be made to order here, so this checks what the reset promises whatever came before:
+    the next large call offers work to a helper, and the stall counter is kept."""
     if torch.ops.int8kern._cpu_budget()[0] < 2:
         pytest.skip("one CPU: every call runs on the calling thread")
     layer, x = linear(4096, 4096, 6.0)
